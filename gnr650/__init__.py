@@ -1,0 +1,1 @@
+"""gnr650: configuration-driven experiments on how vision networks learn and transfer."""
