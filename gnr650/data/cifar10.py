@@ -1,0 +1,74 @@
+"""CIFAR-10 subset for the overfitting study: ``per_class`` training images per class, seeded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gnr650.data.cache import decoded_split
+from gnr650.data.datamodule import InMemoryDataModule, Split
+from gnr650.data.folders import missing_data, scan_class_folders
+from gnr650.data.splits import sample_per_class
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class Cifar10SubsetDataModule(InMemoryDataModule):
+    """Train = ``per_class`` images per class, val = a further disjoint ``val_per_class``, test = the full test split.
+
+    Sources, tried in order under ``root``: torchvision's ``cifar-10-batches-py``; image folders
+    ``cifar10-jpg/{train,test}/<class>`` or ``{train,test}/<class>``; a torchvision download when
+    ``download=true``.
+    """
+
+    name = "cifar10-subset"
+
+    def __init__(self, root: str, per_class: int = 100, val_per_class: int = 100, download: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        for key, n in (("per_class", per_class), ("val_per_class", val_per_class)):
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"dataset.{key} must be a positive integer (got {n!r}).")
+        self.root = Path(root)
+        self.per_class = per_class
+        self.val_per_class = val_per_class
+        self.download = download
+
+    def _folder_root(self) -> Path | None:
+        for cand in (self.root / "cifar10-jpg", self.root):
+            if (cand / "train").is_dir() and (cand / "test").is_dir():
+                return cand
+        return None
+
+    def _source_splits(self) -> tuple[Split, Split]:
+        folder = self._folder_root()
+        if folder is not None and not (self.root / "cifar-10-batches-py").is_dir():
+            out = []
+            for part in ("train", "test"):
+                files, labels, _ = scan_class_folders(folder / part, CIFAR10_CLASSES)
+                out.append(decoded_split(f"cifar10-{part}", files, labels, self.cache_dir, folder))
+            return out[0], out[1]
+        if not (self.root / "cifar-10-batches-py").is_dir() and not self.download:
+            raise missing_data(
+                "CIFAR-10", [self.root / "cifar-10-batches-py", self.root / "cifar10-jpg", self.root],
+                "Set paths.data_dir=<folder> (or GNR650_DATA_DIR) to where CIFAR-10 lies, or add dataset.download=true when online.",
+            )
+        from torchvision.datasets import CIFAR10
+
+        out = []
+        for train in (True, False):
+            try:
+                ds = CIFAR10(str(self.root), train=train, download=self.download)
+            except Exception as e:
+                raise RuntimeError(
+                    f"Could not download CIFAR-10 into '{self.root}' ({e}). Offline? Point paths.data_dir at a local copy."
+                ) from e
+            out.append(Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)))
+        return out[0], out[1]
+
+    def load(self):
+        train_all, test = self._source_splits()
+        try:
+            train_idx, val_idx = sample_per_class(train_all.labels, [self.per_class, self.val_per_class], self.seed)
+        except ValueError as e:
+            raise ValueError(f"{e} Lower dataset.per_class / dataset.val_per_class.") from None
+        return {"train": train_all.subset(train_idx), "val": train_all.subset(val_idx), "test": test}, CIFAR10_CLASSES

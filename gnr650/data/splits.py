@@ -1,0 +1,46 @@
+"""Seeded, stratified index selection: per-class samples, class-balanced fractions, ratio splits."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def _class_perms(labels: torch.Tensor, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for c in range(int(labels.max()) + 1 if labels.numel() else 0):
+        idx = torch.nonzero(labels == c, as_tuple=True)[0]
+        out.append(idx[torch.randperm(idx.numel(), generator=g)])
+    return out
+
+
+def sample_per_class(labels: torch.Tensor, counts: Sequence[int], seed: int) -> list[torch.Tensor]:
+    """Disjoint seeded samples: the i-th result holds ``counts[i]`` indices of every class."""
+    parts: list[list[torch.Tensor]] = [[] for _ in counts]
+    for c, perm in enumerate(_class_perms(labels, seed)):
+        if perm.numel() < sum(counts):
+            raise ValueError(f"Class {c} has {perm.numel()} images but {' + '.join(map(str, counts))} = {sum(counts)} are needed.")
+        start = 0
+        for i, n in enumerate(counts):
+            parts[i].append(perm[start : start + n])
+            start += n
+    return [torch.sort(torch.cat(p)).values for p in parts]
+
+
+def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """The same ``fraction`` of every class (at least one image each)."""
+    keep = [perm[: max(1, round(perm.numel() * fraction))] for perm in _class_perms(labels, seed)]
+    return torch.sort(torch.cat(keep)).values
+
+
+def stratified_split(labels: torch.Tensor, ratios: Sequence[float], seed: int) -> list[torch.Tensor]:
+    """Split every class by ``ratios`` (summing to 1); the last part takes the rounding remainder."""
+    parts: list[list[torch.Tensor]] = [[] for _ in ratios]
+    for perm in _class_perms(labels, seed):
+        n, start = perm.numel(), 0
+        for i, r in enumerate(ratios):
+            stop = n if i == len(ratios) - 1 else start + round(n * r)
+            parts[i].append(perm[start:stop])
+            start = stop
+    return [torch.sort(torch.cat(p)).values for p in parts]

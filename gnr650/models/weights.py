@@ -1,0 +1,76 @@
+"""Load a local state dict into a model safely (no pickled code) and refuse any mismatch by name."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+class WeightsError(RuntimeError):
+    """A weights file is unreadable, unsafe, or does not fit the model; the message says which keys."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read safetensors, or a torch file with ``weights_only=True``; unwrap Lightning/``model`` checkpoints."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"Weights file '{path}' does not exist. Check model.weights (or GNR650_WEIGHTS_DIR).")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(
+            f"Refusing to load '{path}': it needs arbitrary pickled code to load ({str(e).splitlines()[0]}). "
+            "Save a plain state dict (safetensors or torch.save(model.state_dict())) instead."
+        ) from e
+    except Exception as e:
+        raise WeightsError(f"Cannot read weights file '{path}': {e}. Is it a safetensors or PyTorch state dict?") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise WeightsError(f"'{path}' is not a state dict (a mapping of parameter names to tensors).")
+    for prefix in ("net.", "module.", "model."):
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def _names(keys: Sequence[str], limit: int = 8) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_weights(net: nn.Module, path: str | Path, head: Sequence[str],
+                 adapt: Callable[[dict, nn.Module], dict] | None = None) -> None:
+    """Load ``path`` into ``net`` except its classifier ``head`` modules, which stay freshly initialised.
+
+    ``adapt`` converts the state dict for this model (e.g. timm's pos-embed resampling). Any other
+    missing, unexpected or wrongly shaped key is an error naming the keys.
+    """
+    sd = read_state_dict(path)
+    sd = {k: v for k, v in sd.items() if not any(k == h or k.startswith(h + ".") for h in head)}
+    if adapt is not None:
+        try:
+            sd = adapt(sd, net)
+        except Exception as e:
+            raise WeightsError(f"Weights '{path}' do not fit {type(net).__name__}: {e}") from e
+    own = net.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    missing = [k for k in own if k not in sd and not any(k.startswith(h + ".") for h in head)]
+    unexpected = [k for k in sd if k not in own]
+    if shapes or missing or unexpected:
+        parts = [f"{label}: {_names(keys)}" for label, keys in
+                 (("wrong shapes", shapes), ("missing", missing), ("unexpected", unexpected)) if keys]
+        raise WeightsError(
+            f"Weights '{path}' do not match this model (is it for another architecture?). " + "; ".join(parts) + "."
+        )
+    net.load_state_dict(sd, strict=False)

@@ -1,0 +1,136 @@
+"""The LightningModule for every study: classification with per-strategy freezing and two learning rates."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from gnr650.data import SPLITS
+from gnr650.finetune import apply_freeze, set_mode
+from gnr650.preprocess import DevicePreprocess
+
+
+# Batches are preprocessed by the module on purpose (normalisation depends on the model's weights).
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+
+
+def _accuracy(num_classes: int) -> MetricCollection:
+    return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro"),
+                             "acc_macro": MulticlassAccuracy(num_classes, average="macro")})
+
+
+class ClassificationModule(pl.LightningModule):
+    """Cross-entropy classifier over ``net``.
+
+    ``trainable`` names the modules that learn (see ``gnr650.finetune``); the others are frozen and
+    stay in eval mode. ``head`` parameters use ``lr_head``, the rest ``lr_backbone``. The test stage
+    is the final evaluation: dataloaders in ``SPLITS`` order, each split measured separately.
+    """
+
+    def __init__(self, net: nn.Module, preprocess: DevicePreprocess, class_names: list[str], trainable: list[str],
+                 head: list[str], lr_head: float = 1e-3, lr_backbone: float = 1e-4, weight_decay: float = 0.05,
+                 betas: tuple[float, float] = (0.9, 0.999), warmup_epochs: float = 1.0, min_lr_ratio: float = 0.0,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "preprocess"])
+        self.net = net
+        self.preprocess = preprocess
+        self.class_names = list(class_names)
+        self.trainable = list(trainable)
+        self.head = list(head)
+        apply_freeze(net, self.trainable)
+        k = len(class_names)
+        self.train_metrics = _accuracy(k).clone(prefix="train/")
+        self.val_metrics = _accuracy(k).clone(prefix="val/")
+        # One entry per split, in SPLITS order (a ModuleDict cannot hold a key named "train").
+        self.final_metrics = nn.ModuleList(MetricCollection({
+            "acc": MulticlassAccuracy(k, average="micro"), "acc_macro": MulticlassAccuracy(k, average="macro"),
+            "per_class": MulticlassAccuracy(k, average=None), "confusion": MulticlassConfusionMatrix(k),
+        }) for _ in SPLITS)
+        self.final_loss = nn.ModuleList(MeanMetric() for _ in SPLITS)
+        self.final_results: dict[str, dict] = {}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        set_mode(self.net, self.trainable, mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        augment = self.trainer is not None and self.trainer.training
+        return self.preprocess(images, augment=augment), labels
+
+    def _step(self, batch):
+        x, y = batch
+        logits = self(x)
+        return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing), logits, y
+
+    def training_step(self, batch, batch_idx):
+        loss, logits, y = self._step(batch)
+        self.train_metrics.update(logits, y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=y.numel())
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, logits, y = self._step(batch)
+        self.val_metrics.update(logits, y)
+        self.log("val/loss", loss, on_epoch=True, batch_size=y.numel(), sync_dist=True)
+        self.log_dict(self.val_metrics, on_epoch=True)
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        loss, logits, y = self._step(batch)
+        self.final_metrics[dataloader_idx].update(logits, y)
+        self.final_loss[dataloader_idx].update(loss, weight=y.numel())
+
+    def on_test_epoch_end(self):
+        for i, split in enumerate(SPLITS):
+            if not self.final_loss[i].update_called:
+                continue
+            values = self.final_metrics[i].compute()
+            loss = self.final_loss[i].compute()
+            self.final_results[split] = {
+                "acc": float(values["acc"]), "acc_macro": float(values["acc_macro"]), "loss": float(loss),
+                "per_class": dict(zip(self.class_names, values["per_class"].tolist())),
+                "confusion_matrix": values["confusion"].long().tolist(),
+            }
+            self.log_dict({f"final/{split}/acc": values["acc"], f"final/{split}/acc_macro": values["acc_macro"],
+                           f"final/{split}/loss": loss}, add_dataloader_idx=False)
+            self.final_metrics[i].reset()
+            self.final_loss[i].reset()
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups: dict[tuple[str, bool], list] = {}
+        for name, p in self.net.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_head = any(name == h or name.startswith(h + ".") for h in self.head)
+            groups.setdefault(("head" if is_head else "backbone", p.ndim >= 2), []).append(p)
+        if not groups:
+            raise RuntimeError("No trainable parameters: this strategy has nothing to fit (use finetune=frozen to only evaluate).")
+        param_groups = [{"params": ps, "lr": hp.lr_head if part == "head" else hp.lr_backbone,
+                         "weight_decay": hp.weight_decay if decay else 0.0, "name": f"{part}{'' if decay else '_no_decay'}"}
+                        for (part, decay), ps in groups.items()]
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        optimizer = torch.optim.AdamW(param_groups, betas=tuple(hp.betas), **fused)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(round(hp.warmup_epochs * total / max(1, self.trainer.max_epochs or 1)))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

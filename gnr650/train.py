@@ -1,0 +1,133 @@
+"""``train(cfg)``: build everything from a composed config, fit, evaluate every split, write results.json."""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gnr650.data import SPLITS, InMemoryDataModule
+from gnr650.finetune import count_params, trainable_modules
+from gnr650.io import write_json
+from gnr650.models import BuiltModel
+from gnr650.module import ClassificationModule
+from gnr650.preprocess import DevicePreprocess
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_list(node: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a dict or list node; ``null`` or empty gives ``[]``."""
+    if not node:
+        return []
+    items = node.values() if isinstance(node, DictConfig) else node
+    return [instantiate(item) for item in items if item is not None and "_target_" in item]
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import timm
+    import torchmetrics
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "pytorch_lightning": pl.__version__, "torchmetrics": torchmetrics.__version__,
+            "hydra": hydra.__version__}
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    ckpt = trainer.checkpoint_callback
+    if ckpt is None:
+        return None
+    return getattr(ckpt, "best_model_path", None) or getattr(ckpt, "last_model_path", None) or None
+
+
+def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, ClassificationModule]:
+    """Data first (cheap to check), then the model, the strategy and the LightningModule."""
+    dm: InMemoryDataModule = instantiate(cfg.dataset)
+    dm.setup()
+    built: BuiltModel = instantiate(cfg.model, num_classes=dm.num_classes)
+    trainable = trainable_modules(built, cfg.finetune.train_blocks, cfg.finetune.get("train_head", True))
+    mean, std = (built.mean, built.std) if built.mean is not None else dm.channel_stats()
+    preprocess = DevicePreprocess(mean, std, img_size=built.img_size, augment=dm.augment, crop_padding=dm.crop_padding)
+    module = ClassificationModule(built.net, preprocess, dm.class_names, trainable, built.head,
+                                  **OmegaConf.to_container(cfg.optimizer, resolve=True))
+    return dm, built, module
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment into ``cfg.paths.output_dir`` and return its results (also in results.json).
+
+    A failing run still writes results.json, with ``status: failed`` and the error, then re-raises.
+    """
+    start = time.perf_counter()
+    out = Path(cfg.paths.output_dir)
+    results: dict[str, Any] = {
+        "status": "running", "error": None, "dataset": cfg.dataset.get("_target_", "").rsplit(".", 1)[-1],
+        "model": cfg.model.get("name"), "finetune": cfg.finetune.get("name"), "seed": cfg.seed,
+        "overrides": _overrides(), "run_dir": str(out.resolve()),
+    }
+    try:
+        pl.seed_everything(cfg.seed, workers=True)
+        dm, built, module = build(cfg)
+        results["dataset"] = dm.name
+        results["data"] = {"sizes": dm.summary(), "classes": dm.class_names}
+        results["params"] = count_params(built.net)
+        results["trainable_modules"] = module.trainable
+        log.info("%s on %s (%s), %s: %s trainable of %s parameters", built.name, dm.name, dm.summary(), cfg.finetune.name,
+                 f"{results['params']['trainable']:,}", f"{results['params']['total']:,}")
+
+        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")),
+                                          logger=instantiate_list(cfg.get("logger")) or False)
+        fit_s = 0.0
+        if results["params"]["trainable"] > 0:
+            t0 = time.perf_counter()
+            trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+            fit_s = time.perf_counter() - t0
+            ckpt = _best_checkpoint(trainer)
+        else:
+            log.info("Strategy '%s' trains nothing: evaluating the model as loaded.", cfg.finetune.name)
+            ckpt = None
+        trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+        final = module.final_results
+        results["metrics"] = {f"{s}/{k}": final[s][k] for s in SPLITS for k in ("acc", "acc_macro", "loss")}
+        results["per_class"] = {s: final[s]["per_class"] for s in SPLITS}
+        results["confusion_matrix"] = {s: final[s]["confusion_matrix"] for s in SPLITS}
+        results["checkpoint"] = ckpt
+        results["epochs"] = trainer.current_epoch
+        results["timing"] = {"fit_s": round(fit_s, 3), "total_s": round(time.perf_counter() - start, 3)}
+        results["status"] = "completed"
+    except BaseException as e:
+        results["status"] = "failed"
+        results["error"] = f"{type(e).__name__}: {e}"
+        results["timing"] = {"fit_s": None, "total_s": round(time.perf_counter() - start, 3)}
+        raise
+    finally:
+        results["versions"] = versions()
+        results["config"] = OmegaConf.to_container(cfg, resolve=False)
+        if _is_global_zero():
+            write_json(out / "results.json", results)
+    log.info("Accuracy train %.4f, val %.4f, test %.4f -> %s", results["metrics"]["train/acc"],
+             results["metrics"]["val/acc"], results["metrics"]["test/acc"], out / "results.json")
+    return results
+
+
+def _is_global_zero() -> bool:
+    return pl.utilities.rank_zero_only.rank == 0
+
+
+def optimized_metric(results: dict[str, Any], cfg: DictConfig) -> float | None:
+    """The value Hydra sweepers optimise (``cfg.optimized_metric``)."""
+    name = cfg.get("optimized_metric")
+    return results["metrics"].get(name) if name else None

@@ -1,0 +1,14 @@
+"""Entry point: ``python train.py [overrides]``; see README.md and configs/."""
+import hydra
+from omegaconf import DictConfig
+
+from gnr650.train import optimized_metric, train
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return optimized_metric(train(cfg), cfg)
+
+
+if __name__ == "__main__":
+    main()
