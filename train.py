@@ -2,12 +2,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from gnr650.train import optimized_metric, train
+from gnr650.train import hydra_task
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return optimized_metric(train(cfg), cfg)
+    return hydra_task(cfg)
 
 
 if __name__ == "__main__":

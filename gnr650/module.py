@@ -61,6 +61,10 @@ class ClassificationModule(pl.LightningModule):
         set_mode(self.net, self.trainable, mode)
         return self
 
+    def on_fit_start(self):
+        # Lightning keeps whatever mode the modules are in; a fresh module is all in train mode.
+        self.train()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 

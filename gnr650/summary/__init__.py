@@ -1,0 +1,10 @@
+"""Summary of a multirun: tables, figures and an HTML report written into the sweep directory.
+
+Entry points: `write_summary(dir)` (library), `gnr650-summarize DIR` (CLI, `cli.main`)
+and `SummaryCallback` (Hydra, on_multirun_end).
+"""
+
+from .collect import Job, collect_jobs
+from .writer import Summary, write_summary
+
+__all__ = ["Job", "Summary", "collect_jobs", "write_summary"]

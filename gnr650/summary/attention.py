@@ -1,0 +1,187 @@
+"""Attention comparison across ViT jobs, from each job's artifacts/attention.npz.
+
+Per class: one figure, a row per job and a column per layer showing the CLS token's
+attention to the patches (head mean, over the image), plus a last row with each job's
+attention rollout, so "last-layer fine-tuning looks like no fine-tuning, early layers
+look sharper" can be checked by eye. The entropy figure puts a number on "sharper".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .collect import Job
+from .figures import colour
+
+log = logging.getLogger(__name__)
+LINESTYLES = ("-", "--", "-.", ":")  # identical jobs (last vs frozen) overlap: keep both visible
+
+
+@dataclass
+class AttentionExport:
+    """One job's exported attention, reduced to CLS-to-patch maps on the patch grid."""
+
+    job: Job
+    index: int  # the job's position in the multirun, for its colour
+    maps: np.ndarray  # [n_images, n_layers, grid_h, grid_w], head mean
+    rollout: np.ndarray  # [n_images, grid_h, grid_w]
+    labels: np.ndarray  # [n_images]
+    class_names: list[str]
+    images: np.ndarray  # [n_images, 3, H, W] uint8
+    layer_names: list[str]
+
+
+def load_attention(jobs: list[Job]) -> list[AttentionExport]:
+    """The jobs that exported attention; an unreadable file is skipped with a warning."""
+    exports = []
+    for index, job in enumerate(jobs):
+        path = job.dir / "artifacts" / "attention.npz"
+        if not path.is_file():
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                cls = z["cls_attention"].astype(np.float32)
+                prefix = int(z["num_prefix_tokens"])
+                grid_h, grid_w = (int(g) for g in z["grid"])
+                n_images, n_layers = cls.shape[:2]
+                maps = cls[..., prefix:].mean(axis=2).reshape(n_images, n_layers, grid_h, grid_w)
+                exports.append(
+                    AttentionExport(
+                        job=job,
+                        index=index,
+                        maps=maps,
+                        rollout=z["rollout"].astype(np.float32),
+                        labels=z["labels"],
+                        class_names=[str(c) for c in z["class_names"]],
+                        images=z["images"],
+                        layer_names=[str(n).removesuffix(".attn") for n in z["layer_names"]],
+                    )
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("Skipping unreadable %s: %s", path, exc)
+    return exports
+
+
+def class_names(exports: list[AttentionExport]) -> list[str]:
+    """Classes with at least one exported image, in the first export's class order."""
+    names: list[str] = []
+    for e in exports:
+        names += [e.class_names[i] for i in sorted(set(e.labels.tolist())) if e.class_names[i] not in names]
+    return names
+
+
+def file_name(class_name: str) -> str:
+    return "attention_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", class_name) + ".png"
+
+
+def _pick_image(exports: list[AttentionExport], class_name: str) -> list[int | None]:
+    """Per export, the index of the same image of the class (first one found), else any of the class."""
+    reference = None
+    picks: list[int | None] = []
+    for e in exports:
+        of_class = [i for i, lab in enumerate(e.labels) if e.class_names[lab] == class_name]
+        if reference is None and of_class:
+            reference = e.images[of_class[0]]
+        same = [i for i in of_class if np.array_equal(e.images[i], reference)]
+        picks.append((same or of_class or [None])[0])
+    return picks
+
+
+def _show(ax, image: np.ndarray, heat: np.ndarray | None = None) -> None:
+    """The image, dimmed under a per-map min-max normalised heat map on the patch grid."""
+    rgb = np.transpose(image, (1, 2, 0))
+    height, width = rgb.shape[:2]
+    ax.imshow(rgb if heat is None else rgb.mean(axis=2), cmap="gray", extent=(0, width, height, 0))
+    if heat is not None:
+        span = float(heat.max() - heat.min()) or 1.0
+        ax.imshow(
+            (heat - heat.min()) / span,
+            cmap="inferno",
+            alpha=0.6,
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+            extent=(0, width, height, 0),
+        )
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def class_figure(exports: list[AttentionExport], class_name: str) -> Figure:
+    """Rows: jobs (then one rollout row); columns: the image, then one per layer."""
+    picks = _pick_image(exports, class_name)
+    n_layers = max(e.maps.shape[1] for e in exports)
+    n_cols = 1 + max(n_layers, len(exports))
+    n_rows = len(exports) + 1
+    fig = Figure(figsize=(max(8.0, 1.35 * n_cols + 1.2), 1.45 * n_rows + 1.0), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for row, (e, pick) in enumerate(zip(exports, picks)):
+        axes[row, 0].set_axis_on()
+        axes[row, 0].set_ylabel(e.job.label.replace(", ", "\n"), fontsize=8, color=colour(e.index))
+        if pick is None:
+            axes[row, 0].text(0.5, 0.5, "no image\nof this class", ha="center", va="center", fontsize=7)
+            axes[row, 0].set_xticks([])
+            axes[row, 0].set_yticks([])
+            continue
+        _show(axes[row, 0], e.images[pick])
+        for layer in range(e.maps.shape[1]):
+            ax = axes[row, layer + 1]
+            ax.set_axis_on()
+            _show(ax, e.images[pick], e.maps[pick, layer])
+            if row == 0:
+                ax.set_title(e.layer_names[layer], fontsize=8)
+        if row == 0:
+            axes[row, 0].set_title("image", fontsize=8)
+    rollout_row = axes[-1]
+    rollout_row[0].set_axis_on()
+    _show(rollout_row[0], next(e.images[pick] for e, pick in zip(exports, picks) if pick is not None))
+    rollout_row[0].set_ylabel("attention\nrollout", fontsize=8)
+    for col, (e, pick) in enumerate(zip(exports, picks), start=1):
+        if pick is None:
+            continue
+        rollout_row[col].set_axis_on()
+        _show(rollout_row[col], e.images[pick], e.rollout[pick])
+        rollout_row[col].set_title(e.job.label.replace(", ", "\n"), fontsize=7, color=colour(e.index))
+    fig.suptitle(
+        f"Class {class_name}\nCLS-to-patch attention (head mean) per layer, one row per job; "
+        "last row: attention rollout",
+        fontsize=10,
+    )
+    return fig
+
+
+def entropy_figure(exports: list[AttentionExport]) -> Figure | None:
+    """Normalised entropy of the CLS-to-patch attention per layer (mean over images): lower is sharper."""
+    if not exports:
+        return None
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for n, e in enumerate(exports):
+        p = e.maps.reshape(*e.maps.shape[:2], -1)
+        p = p / np.clip(p.sum(axis=-1, keepdims=True), 1e-12, None)
+        entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=-1) / np.log(p.shape[-1])
+        ax.plot(
+            np.arange(1, p.shape[1] + 1),
+            entropy.mean(axis=0),
+            color=colour(e.index),
+            label=e.job.label,
+            ls=LINESTYLES[n % len(LINESTYLES)],
+            marker="os^Dv"[n % 5],
+            ms=4,
+        )
+    ax.set(
+        title="Sharpness of CLS attention per layer (lower entropy = sharper)",
+        xlabel="Layer",
+        ylabel="Normalised entropy of CLS-to-patch attention",
+    )
+    ax.set_xticks(np.arange(1, max(e.maps.shape[1] for e in exports) + 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,198 @@
+"""Find the jobs of a multirun and read what each left behind.
+
+Only the run directories are read (never Hydra's in-memory state), so a sweep
+run elsewhere (Slurm, another machine) is summarised the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+COMPLETED, FAILED, UNFINISHED = "completed", "failed", "unfinished"
+
+
+@dataclass
+class Job:
+    """One job of a multirun: where it ran, how it was configured, what it reported."""
+
+    dir: Path
+    num: int | None
+    overrides: list[str]
+    status: str
+    error: str | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    swept: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == COMPLETED
+
+    def metric(self, name: str) -> float | None:
+        """A metric from results.json, or None when missing or not a finite number."""
+        value = (self.results.get("metrics") or {}).get(name)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+        return None
+
+
+def collect_jobs(multirun_dir: str | Path) -> list[Job]:
+    """Every job under `multirun_dir`, in job-number order, labelled by its swept overrides.
+
+    A job is a directory holding `.hydra/overrides.yaml` or `results.json`; one without
+    `results.json` is "unfinished" (killed, or still running).
+    """
+    root = Path(multirun_dir)
+    dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
+    dirs |= {p.parent for p in root.rglob("results.json")}
+    jobs = sorted((_read_job(d) for d in dirs), key=_order)
+    label_jobs(jobs)
+    return jobs
+
+
+def _order(job: Job) -> tuple:
+    """By sweep directory, then job number (so 10 follows 9), then path."""
+    return (str(job.dir.parent), job.num is None, job.num if job.num is not None else 0, str(job.dir))
+
+
+def _read_job(job_dir: Path) -> Job:
+    results, status, error = {}, UNFINISHED, "no results.json (job killed or still running)"
+    path = job_dir / "results.json"
+    if path.is_file():
+        try:
+            results = json.loads(path.read_text())
+            if not isinstance(results, dict):
+                raise ValueError("not a JSON object")
+            status = results.get("status", FAILED)
+            error = results.get("error")
+        except (OSError, ValueError) as exc:
+            results, status, error = {}, FAILED, f"unreadable results.json: {exc}"
+    if status != COMPLETED and not error:
+        error = f"status {status!r} without an error message"
+    return Job(
+        dir=job_dir,
+        num=_job_num(job_dir),
+        overrides=_overrides(job_dir, results),
+        status=status,
+        error=error.strip().splitlines()[0] if error and error.strip() else None,
+        results=results,
+    )
+
+
+def _overrides(job_dir: Path, results: dict) -> list[str]:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if path.is_file():
+        return [str(o) for o in yaml.safe_load(path.read_text()) or []]
+    return [str(o) for o in results.get("overrides", [])]
+
+
+def _job_num(job_dir: Path) -> int | None:
+    path = job_dir / ".hydra" / "hydra.yaml"
+    if path.is_file():
+        try:
+            num = yaml.safe_load(path.read_text())["hydra"]["job"].get("num")
+            if isinstance(num, int):
+                return num
+        except (yaml.YAMLError, KeyError, TypeError):
+            pass
+    return int(job_dir.name) if job_dir.name.isdigit() else None
+
+
+def parse_override(override: str) -> tuple[str, str]:
+    """`+finetune=top4` -> ("finetune", "top4"); `~key` -> ("key", "<deleted>")."""
+    key, _, value = override.partition("=")
+    if key.startswith("~"):
+        return key.lstrip("~"), "<deleted>"
+    return key.lstrip("+"), value
+
+
+def label_jobs(jobs: list[Job]) -> None:
+    """Set each job's `swept` overrides (those that differ between jobs) and its label."""
+    parsed = [dict(parse_override(o) for o in job.overrides) for job in jobs]
+    keys: list[str] = []
+    for overrides in parsed:
+        keys += [k for k in overrides if k not in keys and not k.startswith("hydra.")]
+    swept = [k for k in keys if len({p.get(k) for p in parsed}) > 1]
+    for job, overrides in zip(jobs, parsed):
+        job.swept = {k: overrides.get(k, "") for k in swept}
+        job.label = format_label(job.swept) or (
+            ", ".join(job.overrides) or f"job {job.num if job.num is not None else job.dir.name}"
+        )
+
+
+def format_label(overrides: dict[str, str]) -> str:
+    return ", ".join(f"{k}={_short(v)}" for k, v in overrides.items())
+
+
+def _short(value: str) -> str:
+    """Shorten long floats (Optuna's learning rates) so labels stay readable."""
+    if any(c in value for c in ".eE"):
+        try:
+            return f"{float(value):.4g}"
+        except ValueError:
+            pass
+    return value
+
+
+def read_curves(job: Job) -> dict[str, dict[int, float]]:
+    """Per-epoch series from Lightning's metrics.csv: {metric: {epoch: value}}.
+
+    Train and val values of one epoch sit on separate rows with blanks, and step-level
+    values repeat the epoch: the non-empty values of an epoch are averaged.
+    """
+    path = job.dir / "metrics.csv"
+    if not path.is_file():  # CSVLogger's default layout nests it under <name>/version_<n>/
+        path = next(job.dir.rglob("metrics.csv"), None)
+    if path is None:
+        return {}
+    sums: dict[str, dict[int, list[float]]] = {}
+    try:
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                epoch = _number(row.get("epoch"))
+                if epoch is None:
+                    continue
+                for name, raw in row.items():
+                    value = _number(raw)
+                    if name in ("epoch", "step") or value is None:
+                        continue
+                    sums.setdefault(name, {}).setdefault(int(epoch), []).append(value)
+    except (OSError, csv.Error) as exc:
+        log.warning("Skipping unreadable %s: %s", path, exc)
+        return {}
+    return {k: {e: sum(v) / len(v) for e, v in sorted(s.items())} for k, s in sums.items()}
+
+
+def _number(raw: str | None) -> float | None:
+    try:
+        value = float(raw) if raw not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def read_kernel_norms(job: Job) -> dict[str, list[dict[str, float | str]]]:
+    """artifacts/kernel_norms.csv as {phase: [{layer, mean, std, min, max}, ...]} in file order."""
+    path = job.dir / "artifacts" / "kernel_norms.csv"
+    if not path.is_file():
+        return {}
+    phases: dict[str, list[dict[str, float | str]]] = {}
+    try:
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                stats = {k: _number(row.get(k)) for k in ("mean", "std", "min", "max")}
+                phases.setdefault(row["phase"], []).append({"layer": row["layer"], **stats})
+    except (OSError, KeyError, csv.Error) as exc:
+        log.warning("Skipping unreadable %s: %s", path, exc)
+        return {}
+    return phases

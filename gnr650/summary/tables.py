@@ -1,0 +1,172 @@
+"""The comparison table: raw rows (CSV/JSON) and formatted rows (Markdown/HTML).
+
+Failed and unfinished jobs stay in every table as rows marked with their error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import dataclass
+
+from .collect import Job, format_label
+
+ACCURACIES = (
+    ("train/acc", "Train Accuracy"),
+    ("val/acc", "Validation Accuracy"),
+    ("test/acc", "Test Accuracy"),
+)
+MISSING = "—"
+
+
+@dataclass
+class Table:
+    """Display-ready cells; `failed[i]` marks rows to highlight."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    failed: list[bool]
+
+
+def job_records(jobs: list[Job]) -> list[dict]:
+    """One flat record per job with raw numbers (accuracies as fractions)."""
+    records = []
+    for job in jobs:
+        params = job.results.get("params") or {}
+        timing = job.results.get("timing") or {}
+        records.append(
+            {
+                "job": job.num,
+                "label": job.label,
+                **job.swept,
+                "status": job.status,
+                "error": job.error,
+                **{name: job.metric(name) for name, _ in ACCURACIES},
+                "trainable_params": params.get("trainable"),
+                "total_params": params.get("total"),
+                "fit_s": timing.get("fit_s"),
+                "total_s": timing.get("total_s"),
+                "run_dir": str(job.dir),
+            }
+        )
+    return records
+
+
+def _seed_groups(jobs: list[Job]) -> dict[str, list[Job]]:
+    """Jobs grouped by their swept overrides other than `seed`; empty when seed is not swept."""
+    if not any("seed" in job.swept for job in jobs):
+        return {}
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        rest = format_label({k: v for k, v in job.swept.items() if k != "seed"})
+        groups.setdefault(rest or "all", []).append(job)
+    return groups
+
+
+def seed_records(jobs: list[Job]) -> list[dict]:
+    """Mean and sample std over the completed seeds of each group."""
+    records = []
+    for label, group in _seed_groups(jobs).items():
+        done = [j for j in group if j.ok]
+        record = {
+            "label": label,
+            "seeds": [j.swept.get("seed") for j in group],
+            "completed": len(done),
+            "jobs": len(group),
+        }
+        for name, _ in ACCURACIES:
+            record[f"{name}_mean"], record[f"{name}_std"] = _mean_std(
+                [v for j in done if (v := j.metric(name)) is not None]
+            )
+        fits = [(j.results.get("timing") or {}).get("fit_s") for j in done]
+        record["fit_s_mean"], record["fit_s_std"] = _mean_std([f for f in fits if f is not None])
+        records.append(record)
+    return records
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def job_table(jobs: list[Job]) -> Table:
+    """The reference table, one row per job, plus parameters, fit time and status."""
+    headers = ["Model", *(title for _, title in ACCURACIES), "Trainable Params", "Fit Time", "Status"]
+    rows = []
+    for job, rec in zip(jobs, job_records(jobs)):
+        status = job.status if job.ok else f"{job.status}: {job.error}"
+        rows.append(
+            [
+                job.label,
+                *(percent(rec[name]) for name, _ in ACCURACIES),
+                params(rec["trainable_params"], rec["total_params"]),
+                duration(rec["fit_s"]),
+                status,
+            ]
+        )
+    return Table(headers, rows, [not j.ok for j in jobs])
+
+
+def seed_table(jobs: list[Job]) -> Table | None:
+    """Mean ± std over seeds per remaining label, or None when seed is not swept."""
+    records = seed_records(jobs)
+    if not records:
+        return None
+    headers = ["Model", "Seeds completed", *(title for _, title in ACCURACIES), "Fit Time"]
+    rows = [
+        [
+            r["label"],
+            f"{r['completed']}/{r['jobs']}",
+            *(percent(r[f"{n}_mean"], r[f"{n}_std"]) for n, _ in ACCURACIES),
+            duration(r["fit_s_mean"]),
+        ]
+        for r in records
+    ]
+    return Table(headers, rows, [r["completed"] < r["jobs"] for r in records])
+
+
+def percent(fraction: float | None, std: float | None = None) -> str:
+    if fraction is None:
+        return MISSING
+    if std is None:
+        return f"{100 * fraction:.2f}%"
+    return f"{100 * fraction:.2f} ± {100 * std:.2f}%"
+
+
+def params(trainable: int | None, total: int | None) -> str:
+    if trainable is None:
+        return MISSING
+    share = f" ({100 * trainable / total:.2f}%)" if total else ""
+    return f"{trainable:,}{share}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def markdown(table: Table) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(table.headers), line(["---"] * len(table.headers)), *map(line, table.rows)])
+
+
+def to_csv(records: list[dict]) -> str:
+    """CSV of records whose keys may differ (swept keys): the union, in first-seen order."""
+    fields: list[str] = []
+    for rec in records:
+        fields += [k for k in rec if k not in fields]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return out.getvalue()

@@ -1,0 +1,147 @@
+"""Write every summary file of a multirun into its directory.
+
+The tables are written first and each figure is drawn on its own, so one job's
+broken artefact costs at most one figure, never the summary.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from . import attention, figures, tables
+from .collect import Job, collect_jobs
+from .report import FigureEntry, render
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    """What `write_summary` found and wrote."""
+
+    multirun_dir: Path
+    jobs: list[Job]
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Job]:
+        """Jobs that failed or did not finish."""
+        return [job for job in self.jobs if not job.ok]
+
+
+def write_summary(multirun_dir: str | Path) -> Summary:
+    """Collect the jobs under `multirun_dir` and write summary.{md,csv,json}, figures and report.html."""
+    root = Path(multirun_dir)
+    jobs = collect_jobs(root)
+    summary = Summary(root, jobs)
+    records, seeds = tables.job_records(jobs), tables.seed_records(jobs)
+    swept = list(jobs[0].swept) if jobs else []
+    _write(summary, "summary.csv", tables.to_csv(records))
+    data = {"multirun_dir": str(root), "swept": swept, "jobs": records, "seed_aggregate": seeds or None}
+    _write(summary, "summary.json", json.dumps(data, indent=2, default=str) + "\n")
+
+    drawn = [entry for entry in _figures(jobs) if entry is not None]
+    for entry in drawn:
+        _write(summary, entry.name, entry.png)
+
+    title = f"Summary of {root.resolve().name}"
+    meta = _meta(jobs, swept)
+    job_table, seed_table = tables.job_table(jobs), tables.seed_table(jobs)
+    named_tables = [("Jobs", job_table)] + ([("Mean ± std over seeds", seed_table)] if seed_table else [])
+    _write(summary, "summary.md", _markdown(title, meta, named_tables, drawn))
+    _write(summary, "report.html", render(title, meta, named_tables, drawn))
+    return summary
+
+
+def _figures(jobs: list[Job]):
+    """Yield each figure as a FigureEntry (None when it has no data or could not be drawn)."""
+    yield _draw(
+        "accuracy.png",
+        "Train, validation and test accuracy of each job; failed jobs have no bars.",
+        figures.accuracy_figure,
+        jobs,
+    )
+    yield _draw(
+        "curves.png",
+        "Validation accuracy and training loss per epoch for every job; "
+        "a dashed line is a job without training (its final validation accuracy).",
+        figures.curves_figure,
+        jobs,
+    )
+    yield _draw(
+        "kernel_norms.png",
+        "Mean L2 norm of the output kernels of each conv layer at the end "
+        "(band: ± std across kernels) and its ratio to the start, per job.",
+        figures.kernel_norm_figure,
+        jobs,
+    )
+    exports = attention.load_attention(jobs)
+    yield _draw(
+        "attention_entropy.png",
+        "Entropy of the CLS token's attention over patches per layer "
+        "(head mean, averaged over the exported images): lower means sharper.",
+        attention.entropy_figure,
+        exports,
+    )
+    for name in attention.class_names(exports):
+        yield _draw(
+            attention.file_name(name),
+            f"Class {name}: CLS-to-patch attention per layer, one row per "
+            "job, and each job's attention rollout in the last row.",
+            attention.class_figure,
+            exports,
+            name,
+        )
+
+
+def _draw(name: str, caption: str, build: Callable[..., Figure | None], *args) -> FigureEntry | None:
+    try:
+        fig = build(*args)
+        if fig is None:
+            return None
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+    except Exception:  # one broken figure must not cost the rest of the summary
+        log.exception("Could not draw %s", name)
+        return None
+    return FigureEntry(name, caption, buffer.getvalue())
+
+
+def _meta(jobs: list[Job], swept: list[str]) -> list[str]:
+    counts = Counter(job.status for job in jobs)
+    lines = [
+        f"{len(jobs)} jobs: "
+        + (", ".join(f"{n} {status}" for status, n in counts.items()) or "none found")
+        + (f"; swept: {', '.join(swept)}." if swept else ".")
+    ]
+    scored = [job for job in jobs if job.metric("val/acc") is not None]
+    if scored:
+        best = max(scored, key=lambda job: job.metric("val/acc"))
+        lines.append(f"Best validation accuracy: {best.label} ({tables.percent(best.metric('val/acc'))}).")
+    return lines
+
+
+def _markdown(title: str, meta: list[str], named_tables, drawn: list[FigureEntry]) -> str:
+    parts = [f"# {title}", *meta]
+    for heading, table in named_tables:
+        parts += [f"## {heading}", tables.markdown(table)]
+    parts += [f"![{entry.caption}]({entry.name})" for entry in drawn]
+    return "\n\n".join(parts) + "\n"
+
+
+def _write(summary: Summary, name: str, content: str | bytes) -> None:
+    """Write atomically, so a reader (or a concurrent summary) never sees half a file."""
+    path = summary.multirun_dir / name
+    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+    tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+    os.replace(tmp, path)
+    summary.files.append(path)

@@ -1,0 +1,75 @@
+"""End-to-end runs of train(cfg) on synthetic data: results.json, learning, freezing, reproducibility."""
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from conftest import make_cfg
+from gnr650.train import build, train
+
+SMOKE = ["debug=smoke", "logger=csv", "callbacks=default"]
+
+
+def _read(path):
+    return json.loads((path / "results.json").read_text())
+
+
+@pytest.mark.parametrize("model", ["resnet18", "vit_ti16", "vit_b16"])
+def test_smoke_run_writes_valid_results(model, tmp_path):
+    results = train(make_cfg(SMOKE + [f"model={model}", "trainer.max_epochs=1"], tmp_path))
+    saved = _read(tmp_path)
+    assert saved["status"] == "completed" and saved["error"] is None
+    assert (saved["dataset"], saved["model"], saved["finetune"], saved["seed"]) == ("synthetic", model, "last", 0)
+    for key in ("train/acc", "val/acc", "test/acc"):
+        assert 0.0 <= saved["metrics"][key] <= 1.0
+    assert saved["metrics"] == pytest.approx(results["metrics"])
+    assert saved["params"]["trainable"] < saved["params"]["total"]
+    assert saved["timing"]["fit_s"] > 0 and saved["timing"]["total_s"] >= saved["timing"]["fit_s"]
+    assert {"torch", "timm", "pytorch_lightning"} <= set(saved["versions"])
+    assert (tmp_path / "metrics.csv").is_file()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(saved["per_class"]["test"]) == [f"class_{i}" for i in range(4)]
+    assert sum(map(sum, saved["confusion_matrix"]["test"])) == saved["data"]["sizes"]["test"]
+
+
+def test_overfits_synthetic_data_to_full_train_accuracy(tmp_path):
+    results = train(make_cfg(["debug=smoke", "model=resnet18", "model.stem=cifar", "finetune=full",
+                              "trainer.max_epochs=8", "optimizer.lr_backbone=1e-3", "optimizer.warmup_epochs=0"], tmp_path))
+    assert results["metrics"]["train/acc"] == 1.0
+
+
+def test_frozen_trains_nothing_and_only_evaluates(tmp_path):
+    results = train(make_cfg(SMOKE + ["model=resnet18", "finetune=frozen"], tmp_path))
+    assert results["params"]["trainable"] == 0 and results["timing"]["fit_s"] == 0
+    assert results["epochs"] == 0 and results["checkpoint"] is None
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_top4_keeps_frozen_batchnorm_statistics(tmp_path):
+    cfg = make_cfg(SMOKE + ["model=resnet18", "finetune=top4", "trainer.max_epochs=2"], tmp_path)
+    pl.seed_everything(cfg.seed)  # the same initial weights train() will build
+    _, _, module = build(cfg)
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    train(cfg)
+    after = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    after = {k.removeprefix("net."): v for k, v in after.items() if k.startswith("net.")}
+    for name in ("bn1.running_mean", "layer1.0.bn1.running_var", "layer2.1.bn2.running_mean", "layer1.0.conv1.weight"):
+        assert torch.equal(before[name], after[name]), name
+    for name in ("layer3.0.bn1.running_mean", "layer4.1.conv2.weight", "fc.weight"):
+        assert not torch.equal(before[name], after[name]), name
+
+
+def test_frozen_modules_stay_in_eval_mode(tmp_path):
+    _, _, module = build(make_cfg(SMOKE + ["model=vit_ti16", "finetune=top4"], tmp_path))
+    module.train()
+    assert not module.net.blocks[7].training and not module.net.patch_embed.training
+    assert module.net.blocks[8].training and module.net.head.training and module.net.norm.training
+
+
+def test_same_seed_same_metrics(tmp_path):
+    runs = [train(make_cfg(SMOKE + ["model=resnet18", "finetune=top4", "dataset.augment=true"], tmp_path / str(i)))
+            for i in range(2)]
+    assert runs[0]["metrics"] == runs[1]["metrics"]
+    other = train(make_cfg(SMOKE + ["model=resnet18", "finetune=top4", "dataset.augment=true", "seed=1"], tmp_path / "other"))
+    assert other["metrics"] != runs[0]["metrics"]
