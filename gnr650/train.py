@@ -10,6 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -127,7 +128,18 @@ def _is_global_zero() -> bool:
     return pl.utilities.rank_zero_only.rank == 0
 
 
-def optimized_metric(results: dict[str, Any], cfg: DictConfig) -> float | None:
-    """The value Hydra sweepers optimise (``cfg.optimized_metric``)."""
+def hydra_task(cfg: DictConfig) -> float | None:
+    """What ``train.py`` runs; returns the metric Hydra sweepers optimise (``cfg.optimized_metric``).
+
+    In a multirun a failed job has written its failed results.json; it returns None instead of
+    raising, because Hydra's sweeper would otherwise abort and skip the sweep summary.
+    """
+    try:
+        results = train(cfg)
+    except Exception:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.exception("Job failed; its results.json records the error. The sweep goes on.")
+            return None
+        raise
     name = cfg.get("optimized_metric")
     return results["metrics"].get(name) if name else None

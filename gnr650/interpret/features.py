@@ -1,0 +1,101 @@
+"""Forward-pass capture (feature maps) and the choice of the image to show them on.
+
+Hooks live only inside ``capture_outputs``; the net runs in eval mode under ``no_grad`` and every
+module's train/eval flag is put back afterwards, so extraction can run mid-training.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.utils import make_grid
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def evaluating(net: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no grad for the block; each module's own training flag is restored after."""
+    modes = {m: m.training for m in net.modules()}
+    net.eval()
+    try:
+        with torch.no_grad():
+            yield net
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+@contextmanager
+def capture_outputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record each module's output (one tensor per call) while the block runs; hooks removed after."""
+    outputs: dict[str, list[torch.Tensor]] = {label: [] for label in modules}
+    handles = [m.register_forward_hook(lambda _m, _i, out, label=label: outputs[label].append(out.detach()))
+               for label, m in modules.items()]
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def default_stages(net: nn.Module) -> dict[str, str]:
+    """Label -> module name of the ResNet stages: the stem (output of ``maxpool``, an Identity with
+    the CIFAR stem) and ``layer1``..``layer4``."""
+    children = dict(net.named_children())
+    stages = {"stem": "maxpool"} if "maxpool" in children else {}
+    stages.update({name: name for name in children if name.startswith("layer")})
+    if not stages:
+        raise ValueError(f"no ResNet stages in {type(net).__name__}; pass the stages explicitly")
+    return stages
+
+
+def feature_maps(net: nn.Module, x: torch.Tensor, stages: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Activations of the named modules for input ``x`` [N, C, H, W] (already preprocessed)."""
+    modules = dict(net.named_modules())
+    with evaluating(net), capture_outputs({label: modules[name] for label, name in stages.items()}) as out:
+        net(x)
+    return {label: maps[0].float().cpu() for label, maps in out.items()}
+
+
+def channel_grid(fmap: torch.Tensor, num_channels: int = 16) -> torch.Tensor:
+    """First ``num_channels`` channels of one feature map [C, H, W] tiled as [H', W'] (NaN padding).
+
+    Each channel is min-max scaled on its own so weak channels stay visible; 1x1 maps have no
+    spatial range, so those are scaled jointly across channels instead.
+    """
+    maps = fmap[:num_channels, None].float()
+    per_channel = maps.shape[-1] * maps.shape[-2] > 1
+    nrow = max(1, int(round(maps.shape[0] ** 0.5)))
+    return make_grid(maps, nrow=nrow, padding=1, normalize=True, scale_each=per_channel,
+                     pad_value=float("nan"))[0]
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Any image file as a uint8 RGB tensor [3, H, W]."""
+    with Image.open(path) as img:
+        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+
+def pick_image(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+               image_class: str | None = None, image_path: str | None = None) -> tuple[torch.Tensor, str]:
+    """The image to visualise and a caption: ``image_path`` if given, else the first image of class
+    ``image_class`` (by name). A class this dataset lacks falls back to the first image, with a
+    warning, so a study preset still runs on another dataset (the caption names the real class)."""
+    if image_path:
+        return load_image(image_path), Path(image_path).name
+    idx = 0
+    if image_class is not None:
+        hits = (labels == class_names.index(image_class)).nonzero().flatten() if image_class in class_names else []
+        if len(hits):
+            idx = int(hits[0])
+        else:
+            log.warning("no %r image here (classes: %s); using the first image", image_class, class_names)
+    return images[idx], f"{class_names[int(labels[idx])]} #{idx}"
