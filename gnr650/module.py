@@ -13,16 +13,19 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from gnr650.data import SPLITS
 from gnr650.finetune import apply_freeze, set_mode
+from gnr650.metrics import DeviceAccuracy
 from gnr650.preprocess import DevicePreprocess
 
 
 # Batches are preprocessed by the module on purpose (normalisation depends on the model's weights).
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
+# Frozen modules are in eval mode at the start of training by design (see gnr650.finetune.set_mode).
+warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 
 def _accuracy(num_classes: int) -> MetricCollection:
-    return MetricCollection({"acc": MulticlassAccuracy(num_classes, average="micro"),
-                             "acc_macro": MulticlassAccuracy(num_classes, average="macro")})
+    return MetricCollection({"acc": DeviceAccuracy(num_classes, average="micro"),
+                             "acc_macro": DeviceAccuracy(num_classes, average="macro")})
 
 
 class ClassificationModule(pl.LightningModule):
@@ -55,6 +58,8 @@ class ClassificationModule(pl.LightningModule):
         }) for _ in SPLITS)
         self.final_loss = nn.ModuleList(MeanMetric() for _ in SPLITS)
         self.final_results: dict[str, dict] = {}
+        # Set by gnr650.feature_cache: batches then hold the frozen prefix's output and only this runs on them.
+        self.suffix = None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -70,12 +75,14 @@ class ClassificationModule(pl.LightningModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
+        if self.suffix is not None:  # cached features, already preprocessed (stored bf16 under mixed precision)
+            return images.to(self.dtype), labels
         augment = self.trainer is not None and self.trainer.training
         return self.preprocess(images, augment=augment), labels
 
     def _step(self, batch):
         x, y = batch
-        logits = self(x)
+        logits = self(x) if self.suffix is None else self.suffix(x)
         return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing), logits, y
 
     def training_step(self, batch, batch_idx):
