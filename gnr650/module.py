@@ -51,6 +51,8 @@ class ClassificationModule(pl.LightningModule):
         k = len(class_names)
         self.train_metrics = _accuracy(k).clone(prefix="train/")
         self.val_metrics = _accuracy(k).clone(prefix="val/")
+        # Epoch means of the loss, on the device ("disable": no NaN check, which would sync with the host).
+        self.train_loss, self.val_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         # One entry per split, in SPLITS order (a ModuleDict cannot hold a key named "train").
         self.final_metrics = nn.ModuleList(MetricCollection({
             "acc": MulticlassAccuracy(k, average="micro"), "acc_macro": MulticlassAccuracy(k, average="macro"),
@@ -88,15 +90,22 @@ class ClassificationModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         loss, logits, y = self._step(batch)
         self.train_metrics.update(logits, y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=y.numel())
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        self.train_loss.update(loss.detach(), weight=y.numel())
         return loss
+
+    # Logged once per epoch (computed, synced across ranks, reset by Lightning): a self.log per step costs ~0.5 ms.
+    def on_train_epoch_end(self):
+        self.log("train/loss", self.train_loss)
+        self.log_dict(self.train_metrics)
 
     def validation_step(self, batch, batch_idx):
         loss, logits, y = self._step(batch)
         self.val_metrics.update(logits, y)
-        self.log("val/loss", loss, on_epoch=True, batch_size=y.numel(), sync_dist=True)
-        self.log_dict(self.val_metrics, on_epoch=True)
+        self.val_loss.update(loss, weight=y.numel())
+
+    def on_validation_epoch_end(self):
+        self.log("val/loss", self.val_loss)
+        self.log_dict(self.val_metrics)
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         loss, logits, y = self._step(batch)
@@ -132,8 +141,8 @@ class ClassificationModule(pl.LightningModule):
         param_groups = [{"params": ps, "lr": hp.lr_head if part == "head" else hp.lr_backbone,
                          "weight_decay": hp.weight_decay if decay else 0.0, "name": f"{part}{'' if decay else '_no_decay'}"}
                         for (part, decay), ps in groups.items()]
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        optimizer = torch.optim.AdamW(param_groups, betas=tuple(hp.betas), **fused)
+        # One fused kernel per step on GPU and CPU: on the CPU the per-tensor loop can cost more than the step's convolutions.
+        optimizer = torch.optim.AdamW(param_groups, betas=tuple(hp.betas), fused=self.device.type in ("cuda", "cpu"))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(hp.warmup_epochs * total / max(1, self.trainer.max_epochs or 1)))
 

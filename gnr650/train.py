@@ -1,6 +1,7 @@
 """``train(cfg)``: build everything from a composed config, fit, evaluate every split, write results.json."""
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -14,12 +15,20 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gnr650.callbacks.csv_history import CSVHistory
+from gnr650.callbacks.divergence import DivergenceGuard
+from gnr650.callbacks.last_checkpoint import LastCheckpoint, RunInterrupted, reporting_sigterm
+from gnr650.callbacks.run_state import RunState
+from gnr650.checkpoints import check_checkpoint, refusing_pickled_code
 from gnr650.data import SPLITS, InMemoryDataModule
+from gnr650.feature_cache import feature_cache
 from gnr650.finetune import count_params, trainable_modules
 from gnr650.io import write_json
 from gnr650.models import BuiltModel
 from gnr650.module import ClassificationModule
+from gnr650.preflight import check_launch, check_override_types, check_writable
 from gnr650.preprocess import DevicePreprocess
+from gnr650.resume import LAST, checkpoint_dir, checkpoint_to_resume, completed_results
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,17 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return getattr(ckpt, "best_model_path", None) or getattr(ckpt, "last_model_path", None) or None
 
 
+def _channels_last(cfg: DictConfig, net: torch.nn.Module) -> bool:
+    """``channels_last: auto``: for conv nets (most weights in convolutions) on a GPU, where it is faster."""
+    setting = cfg.get("channels_last", "auto")
+    if setting != "auto":
+        return bool(setting)
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    conv = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    return on_gpu and conv > sum(p.numel() for p in net.parameters()) / 2
+
+
 def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, ClassificationModule]:
     """Data first (cheap to check), then the model, the strategy and the LightningModule."""
     dm: InMemoryDataModule = instantiate(cfg.dataset)
@@ -61,7 +81,13 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, Classificati
     built: BuiltModel = instantiate(cfg.model, num_classes=dm.num_classes)
     trainable = trainable_modules(built, cfg.finetune.train_blocks, cfg.finetune.get("train_head", True))
     mean, std = (built.mean, built.std) if built.mean is not None else dm.channel_stats()
-    preprocess = DevicePreprocess(mean, std, img_size=built.img_size, augment=dm.augment, crop_padding=dm.crop_padding)
+    channels_last = _channels_last(cfg, built.net)
+    if channels_last:
+        built.net.to(memory_format=torch.channels_last)
+    if cfg.get("compile", False):
+        built.net.compile()
+    preprocess = DevicePreprocess(mean, std, img_size=built.img_size, augment=dm.augment, crop_padding=dm.crop_padding,
+                                  channels_last=channels_last)
     module = ClassificationModule(built.net, preprocess, dm.class_names, trainable, built.head,
                                   **OmegaConf.to_container(cfg.optimizer, resolve=True))
     return dm, built, module
@@ -74,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     out = Path(cfg.paths.output_dir)
+    check_writable(out)
     results: dict[str, Any] = {
         "status": "running", "error": None, "dataset": cfg.dataset.get("_target_", "").rsplit(".", 1)[-1],
         "model": cfg.model.get("name"), "finetune": cfg.finetune.get("name"), "seed": cfg.seed,
@@ -89,23 +116,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s on %s (%s), %s: %s trainable of %s parameters", built.name, dm.name, dm.summary(), cfg.finetune.name,
                  f"{results['params']['trainable']:,}", f"{results['params']['total']:,}")
 
-        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=instantiate_list(cfg.get("callbacks")),
-                                          logger=instantiate_list(cfg.get("logger")) or False)
+        cache = feature_cache(cfg, dm, module)
+        ckpt_path, same_run = checkpoint_to_resume(cfg)
+        last = checkpoint_dir(cfg) / LAST
+        loggers = instantiate_list(cfg.get("logger"))
+        # In every run, whatever the callbacks group holds: exact resume, kept logs, a stop at a NaN loss, last.ckpt.
+        run_state = [RunState(results["overrides"], check_overrides=same_run), CSVHistory(loggers), DivergenceGuard()]
+        if cfg.trainer.get("enable_checkpointing", True):  # Lightning refuses checkpoint callbacks otherwise
+            run_state.append(LastCheckpoint(last))
+        callbacks = instantiate_list(cfg.get("callbacks")) + ([cache] if cache else []) + run_state
+        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        check_launch(trainer)
+        results["resumed_from"] = ckpt_path
         fit_s = 0.0
         if results["params"]["trainable"] > 0:
             t0 = time.perf_counter()
-            trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+            if ckpt_path:
+                check_checkpoint(ckpt_path)
+            with refusing_pickled_code(ckpt_path), reporting_sigterm(last):
+                trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
             fit_s = time.perf_counter() - t0
             ckpt = _best_checkpoint(trainer)
         else:
             log.info("Strategy '%s' trains nothing: evaluating the model as loaded.", cfg.finetune.name)
             ckpt = None
-        trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False)
+        with refusing_pickled_code(ckpt):
+            trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
         final = module.final_results
         results["metrics"] = {f"{s}/{k}": final[s][k] for s in SPLITS for k in ("acc", "acc_macro", "loss")}
         results["per_class"] = {s: final[s]["per_class"] for s in SPLITS}
         results["confusion_matrix"] = {s: final[s]["confusion_matrix"] for s in SPLITS}
         results["checkpoint"] = ckpt
+        results["feature_cache"] = cache.summary if cache else None
         results["epochs"] = trainer.current_epoch
         results["timing"] = {"fit_s": round(fit_s, 3), "total_s": round(time.perf_counter() - start, 3)}
         results["status"] = "completed"
@@ -118,9 +160,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["versions"] = versions()
         results["config"] = OmegaConf.to_container(cfg, resolve=False)
         if _is_global_zero():
-            write_json(out / "results.json", results)
-    log.info("Accuracy train %.4f, val %.4f, test %.4f -> %s", results["metrics"]["train/acc"],
-             results["metrics"]["val/acc"], results["metrics"]["test/acc"], out / "results.json")
+            _write_results(out / "results.json", results)
+    if _is_global_zero():  # the one rank that wrote it
+        log.info("Accuracy train %.4f, val %.4f, test %.4f -> %s", results["metrics"]["train/acc"],
+                 results["metrics"]["val/acc"], results["metrics"]["test/acc"], out / "results.json")
     return results
 
 
@@ -128,18 +171,39 @@ def _is_global_zero() -> bool:
     return pl.utilities.rank_zero_only.rank == 0
 
 
+def _write_results(path: Path, results: dict[str, Any]) -> None:
+    """An unwritable results.json must not lose the results: they go to the log, and a completed run fails."""
+    try:
+        write_json(path, results)
+    except OSError as e:
+        log.error("Could not write %s (%s). The results: %s", path, e,
+                  json.dumps({k: results.get(k) for k in ("status", "error", "metrics", "checkpoint")}, default=str))
+        if results["status"] == "completed":
+            raise
+
+
 def hydra_task(cfg: DictConfig) -> float | None:
     """What ``train.py`` runs; returns the metric Hydra sweepers optimise (``cfg.optimized_metric``).
 
     In a multirun a failed job has written its failed results.json; it returns None instead of
-    raising, because Hydra's sweeper would otherwise abort and skip the sweep summary.
+    raising, because Hydra's sweeper would otherwise abort and skip the sweep summary. An interrupt
+    (Ctrl-C, SIGTERM) does stop the sweep. ``skip_done=true``: a job whose results.json completed
+    with the same overrides is not trained again.
     """
-    try:
-        results = train(cfg)
-    except Exception:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.exception("Job failed; its results.json records the error. The sweep goes on.")
-            return None
-        raise
+    check_override_types(cfg)
+    done = completed_results(Path(cfg.paths.output_dir), _overrides()) if cfg.get("skip_done") else None
+    if done is not None:
+        log.info("skip_done: %s already completed; not training it again.", cfg.paths.output_dir)
+        results = done
+    else:
+        try:
+            results = train(cfg)
+        except RunInterrupted:
+            raise
+        except Exception:
+            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                log.exception("Job failed; its results.json records the error. The sweep goes on.")
+                return None
+            raise
     name = cfg.get("optimized_metric")
     return results["metrics"].get(name) if name else None

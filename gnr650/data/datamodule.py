@@ -11,7 +11,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gnr650.data.sampler import ResumableSampler, per_rank_batch_size
+
 SPLITS = ("train", "val", "test")
+
+
+def is_count(value, least: int = 1) -> bool:
+    """A whole number (not a bool, not a string from a command line) of at least ``least``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 @dataclass
@@ -43,7 +50,8 @@ class _TensorBatches(Dataset):
         return self.split.images[i], self.split.labels[i]
 
     def __getitems__(self, indices: list[int]):
-        index = torch.as_tensor(indices)
+        # Moved without blocking: a plain copy to the GPU would wait for it at every step.
+        index = torch.as_tensor(indices).to(self.split.labels.device, non_blocking=True)
         return self.split.images[index], self.split.labels[index]
 
 
@@ -59,7 +67,7 @@ class InMemoryDataModule(pl.LightningDataModule):
     def __init__(self, batch_size: int = 64, eval_batch_size: int = 256, augment: bool = False,
                  crop_padding: int = 4, seed: int = 0, cache_dir: str | None = None):
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1:
+        if not (is_count(batch_size) and is_count(eval_batch_size)):
             raise ValueError(f"batch_size and eval_batch_size must be positive (got {batch_size}, {eval_batch_size}).")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -68,19 +76,24 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.seed = seed
         self.cache_dir = cache_dir
         self.splits: dict[str, Split] = {}
+        # What the loaders serve in place of ``splits`` when set: copies on the GPU, or cached
+        # features (gnr650.feature_cache). ``split()`` keeps giving the images, on the CPU.
+        self.served: dict[str, Split] = {}
         self.class_names: list[str] = []
 
     def load(self) -> tuple[dict[str, Split], list[str]]:
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        splits, class_names = self.load()
-        for name in SPLITS:
-            if name not in splits or len(splits[name]) == 0:
-                raise ValueError(f"The {self.name} '{name}' split is empty; check the dataset settings.")
-        self.splits, self.class_names = splits, list(class_names)
+        if not self.splits:
+            splits, class_names = self.load()
+            for name in SPLITS:
+                if name not in splits or len(splits[name]) == 0:
+                    raise ValueError(f"The {self.name} '{name}' split is empty; check the dataset settings.")
+            self.splits, self.class_names = splits, list(class_names)
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if device is not None and device.type == "cuda" and not self.served:  # batches sliced on the GPU, no copies per step
+            self.served = {k: Split(s.images.to(device), s.labels.to(device)) for k, s in self.splits.items()}
 
     @property
     def num_classes(self) -> int:
@@ -96,12 +109,18 @@ class InMemoryDataModule(pl.LightningDataModule):
         return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
 
     def _loader(self, name: str, train: bool) -> DataLoader:
+        data = self.served[name] if name in self.served else self.split(name)
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        sampler = ResumableSampler(len(data), self.seed, shuffle=train, num_replicas=world, rank=rank, pad=train)
+        batch_size = per_rank_batch_size(self.batch_size, world) if train else self.eval_batch_size
         return DataLoader(
-            _TensorBatches(self.split(name)),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            _TensorBatches(data),
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=train and len(sampler) > 1 and len(sampler) % batch_size == 1,  # batch norm fails on a batch of one
             collate_fn=_batch,
             num_workers=0,
+            generator=torch.Generator(),  # loading never draws from the global RNG (exact resume, see sampler.py)
         )
 
     def train_dataloader(self) -> DataLoader:

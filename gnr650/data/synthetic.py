@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gnr650.data.datamodule import SPLITS, InMemoryDataModule, Split
+from gnr650.data.datamodule import SPLITS, InMemoryDataModule, Split, is_count
 
 
 class SyntheticDataModule(InMemoryDataModule):
@@ -15,10 +15,10 @@ class SyntheticDataModule(InMemoryDataModule):
     def __init__(self, num_classes: int = 4, per_class: int = 16, val_per_class: int = 8, test_per_class: int = 8,
                  image_size: int = 32, noise: float = 0.3, **kwargs):
         super().__init__(**kwargs)
-        if num_classes < 2:
+        if not is_count(num_classes, 2):
             raise ValueError(f"synthetic num_classes must be at least 2 (got {num_classes}).")
         for key, n in (("per_class", per_class), ("val_per_class", val_per_class), ("test_per_class", test_per_class)):
-            if n < 1:
+            if not is_count(n):
                 raise ValueError(f"dataset.{key} must be a positive integer (got {n}).")
         self.counts = dict(zip(SPLITS, (per_class, val_per_class, test_per_class)))
         self.num_classes_ = num_classes

@@ -8,6 +8,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from gnr650.checkpoints import unsafe_global
+
 
 class WeightsError(RuntimeError):
     """A weights file is unreadable, unsafe, or does not fit the model; the message says which keys."""
@@ -26,8 +28,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        refused = unsafe_global(e)
+        if refused is None:  # not a pickle of code, just not a weights file
+            raise WeightsError(f"Cannot read weights file '{path}': it is corrupt or not a safetensors or PyTorch state dict.") from e
         raise WeightsError(
-            f"Refusing to load '{path}': it needs arbitrary pickled code to load ({str(e).splitlines()[0]}). "
+            f"Refusing to load '{path}': it needs arbitrary pickled code to load ({refused}). "
             "Save a plain state dict (safetensors or torch.save(model.state_dict())) instead."
         ) from e
     except Exception as e:

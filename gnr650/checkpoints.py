@@ -1,0 +1,48 @@
+"""Reading checkpoints safely: never executing pickled code, and saying which file is wrong and why.
+
+``trainer.fit`` / ``trainer.test`` load with ``weights_only=True`` (train.py); this module checks the
+file first and turns torch's refusal into a message that names it. (Writing is atomic through the
+checkpoint IO plugin of configs/trainer/default.yaml.)
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or would need arbitrary code to load; the message names the file."""
+
+
+def check_checkpoint(path: str | os.PathLike) -> None:
+    """The file exists and is a complete torch archive (a torn or foreign file fails here, not deep in torch)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint '{path}' does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"Cannot read checkpoint '{path}': it is truncated, corrupt or not a PyTorch checkpoint. "
+                              "Pick another with ckpt_path=<file>.")
+
+
+def unsafe_global(error: pickle.UnpicklingError) -> str | None:
+    """What torch's ``weights_only`` loader refused to import, when that was the reason (else the file is garbage)."""
+    return next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), None)
+
+
+@contextmanager
+def refusing_pickled_code(path: str | os.PathLike | None) -> Iterator[None]:
+    """Turn torch's ``weights_only`` refusal while loading ``path`` into a ``CheckpointError``."""
+    try:
+        yield
+    except pickle.UnpicklingError as e:
+        refused = unsafe_global(e)
+        if refused is None:
+            raise CheckpointError(f"Cannot read checkpoint '{path}': it is corrupt or not a PyTorch checkpoint.") from e
+        raise CheckpointError(
+            f"Refusing to load checkpoint '{path}': it needs arbitrary pickled code to load ({refused}). "
+            "Only tensors and plain Python values are read from checkpoints."
+        ) from e
