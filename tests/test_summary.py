@@ -287,21 +287,6 @@ hydra:
 """
 
 
-CONFIG = """
-model: a
-finetune: last
-fail_model: b
-reraise: false
-hydra:
-  sweep:  # interpolations the callback resolves again after the jobs ran
-    dir: ${hydra.runtime.cwd}/multiruns/${now:%Y-%m-%d_%H-%M-%S}
-    subdir: ${hydra.job.num}
-  callbacks:
-    summary:
-      _target_: gnr650.summary.hydra_callback.SummaryCallback
-"""
-
-
 def run_toy_sweep(tmp_path: Path, reraise: bool) -> tuple[subprocess.CompletedProcess, Path]:
     (tmp_path / "app.py").write_text(TOY_APP)
     (tmp_path / "config.yaml").write_text(CONFIG)
