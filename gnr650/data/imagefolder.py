@@ -44,7 +44,7 @@ class ImageFolderDataModule(InMemoryDataModule):
 
     def load(self):
         if not self.root.is_dir():
-            raise missing_data(f"Image folder data set", [self.root], "Set dataset.root=<folder>.")
+            raise missing_data("Image folder data set", [self.root], "Set dataset.root=<folder>.")
         if (self.root / "train").is_dir():
             missing = [s for s in SPLITS if not (self.root / s).is_dir()]
             if missing:
