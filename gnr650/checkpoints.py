@@ -13,19 +13,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import torch
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or would need arbitrary code to load; the message names the file."""
 
 
 def check_checkpoint(path: str | os.PathLike) -> None:
-    """The file exists and is a complete torch archive (a torn or foreign file fails here, not deep in torch)."""
+    """Training can continue from the file: it exists, is a complete torch archive (a torn or foreign file
+    fails here, not deep in torch) and holds the optimizer state, not only weights."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint '{path}' does not exist.")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"Cannot read checkpoint '{path}': it is truncated, corrupt or not a PyTorch checkpoint. "
                               "Pick another with ckpt_path=<file>.")
+    with refusing_pickled_code(path):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors stay on disk
+    if "optimizer_states" not in checkpoint:
+        raise CheckpointError(
+            f"Checkpoint '{path}' holds weights only (as the best-on-val checkpoint is saved), so training cannot "
+            "continue from it. Continue from the run's full checkpoint: resume=true, or "
+            "ckpt_path=<run dir>/checkpoints/last.ckpt."
+        )
 
 
 def unsafe_global(error: pickle.UnpicklingError) -> str | None:

@@ -123,7 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # In every run, whatever the callbacks group holds: exact resume, kept logs, a stop at a NaN loss, last.ckpt.
         run_state = [RunState(results["overrides"], check_overrides=same_run), CSVHistory(loggers), DivergenceGuard()]
         if cfg.trainer.get("enable_checkpointing", True):  # Lightning refuses checkpoint callbacks otherwise
-            run_state.append(LastCheckpoint(last))
+            run_state.append(LastCheckpoint(last, every_s=cfg.last_ckpt_every_s))
         callbacks = instantiate_list(cfg.get("callbacks")) + ([cache] if cache else []) + run_state
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         check_launch(trainer)

@@ -55,7 +55,7 @@ def assert_same_metrics(a: dict, b: dict) -> None:
 
 
 def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_path):
-    args = RUN + ["trainer.max_epochs=3", "dataset.per_class=32"]  # 8 steps an epoch
+    args = RUN + ["trainer.max_epochs=3", "dataset.per_class=32", "last_ckpt_every_s=0"]  # 8 steps an epoch
     reference = train_py(args, tmp_path / "reference")
     victim = train_py(args, tmp_path / "victim")
     runs = tmp_path / "victim" / "outputs" / "train" / "runs"
@@ -125,6 +125,36 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(signum, epoch, batch, uni
     rows, ref_rows = csv_rows(tmp_path), csv_rows(uninterrupted)
     assert [(r.get("epoch"), r["step"]) for r in rows] == [(r.get("epoch"), r["step"]) for r in ref_rows]
     assert [r for r in rows if int(r["step"]) < 4 * epoch] == [r for r in ref_rows if int(r["step"]) < 4 * epoch]
+
+
+class LastCheckpointProbe(pl.Callback):
+    """Records the global step stored in ``path`` (None while absent) at each epoch start and at the end."""
+
+    latest: LastCheckpointProbe | None = None  # the instance train() built
+
+    def __init__(self, path: str):
+        self.path, self.seen = Path(path), []
+        LastCheckpointProbe.latest = self
+
+    def _look(self) -> None:
+        self.seen.append(torch.load(self.path, weights_only=True)["global_step"] if self.path.exists() else None)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._look()
+
+    def on_train_end(self, trainer, pl_module):
+        self._look()
+
+
+@pytest.mark.parametrize("every_s,seen", [(0, [None, 4, 8, 12]), (3600, [None, None, None, 12])])
+def test_last_checkpoint_is_written_at_the_interval_and_after_the_final_epoch(every_s, seen, tmp_path):
+    """A run that cannot make its interval still ends with a resumable last.ckpt (and writes no other)."""
+    train(make_cfg(SMALL + ["trainer.max_epochs=3", f"last_ckpt_every_s={every_s}",
+                            f"+callbacks.probe._target_={__name__}.LastCheckpointProbe",
+                            f"+callbacks.probe.path={tmp_path / 'checkpoints' / 'last.ckpt'}"], tmp_path))
+    assert LastCheckpointProbe.latest.seen == seen
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["optimizer_states"] and checkpoint["loops"]  # a full, resumable checkpoint
 
 
 def test_resume_true_picks_the_newest_run_with_the_same_overrides(tmp_path):
@@ -280,6 +310,13 @@ def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
     assert read_results(tmp_path / "out")["error"].startswith("CheckpointError: Cannot read checkpoint")
 
 
+def test_training_from_the_weights_only_best_checkpoint_is_refused_naming_last_ckpt(uninterrupted, tmp_path):
+    (best,) = (uninterrupted / "checkpoints").glob("epoch*.ckpt")
+    assert "optimizer_states" not in torch.load(best, weights_only=True)  # the best is saved weights only
+    with pytest.raises(CheckpointError, match=r"holds weights only.*resume=true.*checkpoints/last.ckpt"):
+        train(make_cfg(SMALL + [f"ckpt_path={best}"], tmp_path))
+
+
 class PoisonAt(pl.Callback):
     """Makes the loss NaN from training batch ``batch`` of ``epoch`` on."""
 
@@ -294,7 +331,8 @@ class PoisonAt(pl.Callback):
 
 @pytest.mark.parametrize("callbacks", ["default", "none"])
 def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(callbacks, tmp_path):
-    args = SMALL + [f"callbacks={callbacks}", "trainer.max_epochs=3", f"+callbacks.poison._target_={__name__}.PoisonAt",
+    args = SMALL + [f"callbacks={callbacks}", "trainer.max_epochs=3", "last_ckpt_every_s=0",
+                    f"+callbacks.poison._target_={__name__}.PoisonAt",
                     "+callbacks.poison.epoch=1", "+callbacks.poison.batch=2"]
     with pytest.raises(DivergenceError) as err:
         train(make_cfg(args, tmp_path))

@@ -66,8 +66,8 @@ class DivergenceGuard(pl.Callback):
 
 
 def _last_good(trainer: pl.Trainer) -> str:
-    paths = [p for cb in trainer.checkpoint_callbacks
-             for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", "")) if p]
+    callbacks = trainer.checkpoint_callbacks  # the resume point (last) before a weights-only best
+    paths = [p for attr in ("last_model_path", "best_model_path") for cb in callbacks if (p := getattr(cb, attr, ""))]
     if not paths:
         return "no checkpoint had been saved before it."
     return f"the last good checkpoint is {paths[0]} (no checkpoint after the divergence was written)."

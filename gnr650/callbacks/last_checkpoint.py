@@ -1,6 +1,10 @@
-"""``last.ckpt``, the checkpoint ``resume=true`` continues from: at every epoch end, and on SIGINT / SIGTERM.
+"""``last.ckpt``, the checkpoint ``resume=true`` continues from: every ``every_s`` seconds at an epoch end,
+after the final epoch, and on SIGINT / SIGTERM.
 
-Written whatever the callbacks group holds, so a killed run always has an epoch to resume from.
+Written whatever the callbacks group holds, so a killed run always has an epoch to resume from. The
+interval bounds what it costs: on study 1's 1.4 s CPU epochs, writing the 134 MB checkpoint (ResNet-18
+plus AdamW state) every epoch made each epoch ~10 % slower; a SIGKILL loses at most ``every_s`` plus
+one epoch of training.
 On SIGINT or SIGTERM the run saves at the end of the current batch (a state Lightning resumes
 mid-epoch) and stops with ``RunInterrupted``, a non-zero exit; in an epoch's last batch it saves
 after the epoch's validation, checkpoints and logs instead (a run resumed from its last batch
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,11 +50,16 @@ def reporting_sigterm(checkpoint: str | Path) -> Iterator[None]:
 class LastCheckpoint(Checkpoint):
     """A ``Checkpoint`` so that Lightning runs it after ModelCheckpoint: at an epoch end, that epoch's
     checkpoints come first (and a configured ``save_last`` file is the same state: the checkpoint IO
-    links it rather than writing it twice)."""
+    links it rather than writing it twice). ``every_s=0``: every epoch."""
 
-    def __init__(self, path: str | Path, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+    def __init__(self, path: str | Path, every_s: float = 0.0,
+                 signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+        if every_s < 0:
+            raise ValueError(f"last_ckpt_every_s must be >= 0 (seconds between resume checkpoints), got {every_s}.")
         self.path = Path(path)
+        self.every_s = every_s
         self.signals = signals
+        self._saved_at = 0.0  # time.monotonic() of the last save, or of the training start
         self.received: int | None = None
         self._stopped_at: str | None = None  # where the checkpoint before stopping was taken
         self.last_model_path = ""  # as ModelCheckpoint's, once written
@@ -70,6 +80,7 @@ class LastCheckpoint(Checkpoint):
 
     def _save(self, trainer: pl.Trainer) -> None:
         trainer.save_checkpoint(self.path)
+        self._saved_at = time.monotonic()
         self.last_model_path = str(self.path)
         if self.received is not None:
             self._restore()
@@ -81,6 +92,7 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.received, self._stopped_at = None, None
+        self._saved_at = time.monotonic()
         # After Lightning registered its own SIGTERM handler (fit set-up), so this one wins.
         if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
@@ -93,7 +105,9 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After a signal, the stop comes at the next epoch start: Lightning logs this epoch's metrics in between.
-        self._save(trainer)
+        due = self.received is not None or _final_epoch(trainer) or time.monotonic() - self._saved_at >= self.every_s
+        if trainer.strategy.broadcast(due, src=0):  # every rank saves, or none (the save is collective)
+            self._save(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._stopped_at is not None:
@@ -106,3 +120,10 @@ class LastCheckpoint(Checkpoint):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore()
+
+
+def _final_epoch(trainer: pl.Trainer) -> bool:
+    """Training stops after this epoch: its epoch or step limit is reached, or a callback asked it to stop."""
+    epochs = trainer.fit_loop.epoch_progress.current.processed  # this epoch included
+    return (trainer.should_stop or (trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epochs)
+            or 0 <= trainer.max_steps <= trainer.global_step)
