@@ -51,8 +51,8 @@ Written by `gnr650-bench` (`gnr650/bench.py`); each section is one command, repl
 over the same in-memory tensors, model, preprocessing, batch size, precision and optimizer. Epoch
 time = training + validation + per-epoch callbacks (checkpoints, logging), first epoch of each run
 left out as warm-up in epoch mode; whole run = set-up (data, model) + all epochs + final train/val/test
-evaluation (+ the configured callbacks' exports for the framework). Ratios are of medians; "best"
-(minimum) is given beside them because other jobs share the CPU. Memory: peak process RSS (CPU) or
+evaluation (+ the configured callbacks' exports for the framework). Ratios are given of the best
+(minimum: least disturbed when other jobs share the machine) and of the medians. Memory: peak process RSS (CPU) or
 `torch.cuda.max_memory_allocated` (GPU) during each run.
 """
 
@@ -327,7 +327,7 @@ def report(args, cfg: DictConfig, n_train: int, stats: dict[str, dict]) -> tuple
               for name, s in rows]
     lines += ratios + [f"feature cache: {a['notes'].get('feature_cache')}; test acc framework "
                        f"{a['notes']['test_acc']:.4f}, plain {b['notes']['test_acc']:.4f}"]
-    command = "gnr650-bench " + " ".join(args.argv)
+    command = "gnr650-bench " + " ".join(_without_out(args.argv))
     md = [f"## `{command}`", "", f"- when: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", f"- machine: {machine()}",
           f"- setting: {head}", "", "| loop (median / best) | images/s | epoch s | whole run s | peak memory | epochs s (all runs) | whole runs s |",
           "|---|---:|---:|---:|---|---|---|"]
@@ -336,6 +336,17 @@ def report(args, cfg: DictConfig, n_train: int, stats: dict[str, dict]) -> tuple
     md += [""] + [f"**{r}**" if i == 0 else r for i, r in enumerate(ratios)]
     md += ["", f"Feature cache: {a['notes'].get('feature_cache')}.", ""]
     return "\n".join(lines), "\n".join(md)
+
+
+def _without_out(argv: list[str]) -> list[str]:
+    """The command as it names the measurement: where it is recorded (``--out``) is left out."""
+    kept, skip = [], False
+    for a in argv:
+        if skip or a == "--out" or a.startswith("--out="):
+            skip = a == "--out"
+            continue
+        kept.append(a)
+    return kept
 
 
 def write_markdown(path: Path, section: str) -> None:

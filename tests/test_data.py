@@ -1,10 +1,14 @@
 """Splits (sizes, disjointness, stratification), sampling by seed, decoding, the decoded-data cache."""
+import subprocess
+import sys
+import zipfile
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import CIFAR_CLASSES, EUROSAT_CLASSES, write_image
+from conftest import CIFAR_CLASSES, EUROSAT_CLASSES, ROOT, write_image
 from gnr650.data import Cifar10SubsetDataModule, EuroSATDataModule, ImageFolderDataModule, SyntheticDataModule
 from gnr650.data.images import decode_images
 from gnr650.data.splits import class_balanced_subset, sample_per_class, stratified_split
@@ -150,3 +154,17 @@ def test_synthetic_is_deterministic():
     a, b = SyntheticDataModule(seed=0), SyntheticDataModule(seed=0)
     a.setup(), b.setup()
     assert torch.equal(a.split("train").images, b.split("train").images)
+
+
+def test_eurosat_subset_zip_keeps_the_first_images_of_every_class_in_the_eurosat_layout(fake_data, tmp_path):
+    out = tmp_path / "subset.zip"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "eurosat_subset.py"), str(fake_data), str(out),
+                    "--per-class", "5"], check=True, capture_output=True)
+    names = zipfile.ZipFile(out).namelist()
+    # Numeric order: _1 to _5 (not _1, _10, _2, ...).
+    assert sorted(names) == sorted(f"eurosat/2750/{c}/{c}_{i}.jpg" for c in EUROSAT_CLASSES for i in range(1, 6))
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(out).extractall(unpacked)
+    dm = EuroSATDataModule(root=str(unpacked), cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    assert dm.class_names == sorted(EUROSAT_CLASSES) and sum(dm.summary().values()) == 5 * len(EUROSAT_CLASSES)
