@@ -79,4 +79,5 @@ def test_offline_hub_error_names_the_local_alternative(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time, so patch it
     with pytest.raises(WeightsError) as err:
         build_vit(10, "vit_base_patch16_224", img_size=32, pretrained=True, weights_dir=str(tmp_path))
-    assert "model=vit_ti16" in str(err.value) and "GNR650_WEIGHTS_DIR" in str(err.value)
+    message = str(err.value)
+    assert "model=vit_ti16" in message and "GNR650_WEIGHTS_DIR" in message and "HF_HUB_OFFLINE=1" in message

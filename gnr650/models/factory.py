@@ -90,6 +90,7 @@ def build_vit(num_classes: int, arch: str, name: str | None = None, img_size: in
             raise WeightsError(
                 f"Could not fetch pretrained '{arch}' weights from the timm hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
                 f"Offline? Use local weights: model.weights=<file>, or GNR650_WEIGHTS_DIR=<folder with {arch}.safetensors>; "
+                "export HF_HUB_OFFLINE=1 to fail at once instead of after the hub's retries; "
                 "ViT-Ti/16 weights can be used with model=vit_ti16 GNR650_WEIGHTS_DIR=<folder>; or model.pretrained=false."
             ) from e
         path = "timm-hub"
