@@ -39,7 +39,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gnr650.data import SPLITS
 from gnr650.finetune import set_mode
-from gnr650.train import build, train, versions
+from gnr650.optim import adamw_warmup_cosine
+from gnr650.train import build, on_gpu, train, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -165,9 +166,7 @@ def run_framework(cfg: DictConfig, out_dir: Path) -> Run:
 
 
 def _device(cfg: DictConfig) -> torch.device:
-    accelerator = cfg.trainer.get("accelerator", "auto")
-    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if cuda else "cpu")
+    return torch.device("cuda" if on_gpu(cfg) else "cpu")
 
 
 def _autocast(precision: str, device: torch.device):
@@ -176,28 +175,6 @@ def _autocast(precision: str, device: torch.device):
     if precision == "bf16-mixed":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     raise ValueError(f"The plain loop runs trainer.precision 32-true or bf16-mixed (got {precision}).")
-
-
-def _optimizer(net: torch.nn.Module, head: list[str], hp: DictConfig, steps: int, epochs: int, device: torch.device):
-    """AdamW with head/backbone learning rates, no decay on biases and norms, warm-up then cosine per step."""
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, p in net.named_parameters():
-        if p.requires_grad:
-            is_head = any(name == h or name.startswith(h + ".") for h in head)
-            groups.setdefault((is_head, p.ndim >= 2), []).append(p)
-    optimizer = torch.optim.AdamW([{"params": ps, "lr": hp.lr_head if is_head else hp.lr_backbone,
-                                    "weight_decay": hp.weight_decay if decay else 0.0}
-                                   for (is_head, decay), ps in groups.items()],
-                                  betas=tuple(hp.betas), fused=device.type in ("cuda", "cpu"))
-    warmup = int(round(hp.warmup_epochs * steps / max(1, epochs)))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def run_plain(cfg: DictConfig) -> Run:
@@ -212,7 +189,8 @@ def run_plain(cfg: DictConfig) -> Run:
         data = {name: (dm.split(name).images.to(device), dm.split(name).labels.to(device)) for name in SPLITS}
         images, labels = data["train"]
         batch, n, k = dm.batch_size, len(labels), dm.num_classes
-        optimizer, schedule = _optimizer(net, built.head, cfg.optimizer, epochs * math.ceil(n / batch), epochs, device)
+        optimizer, schedule = adamw_warmup_cosine(net, built.head, cfg.optimizer, epochs * math.ceil(n / batch), epochs,
+                                                  device)
         autocast = lambda: _autocast(str(cfg.trainer.precision), device)  # noqa: E731
 
         def evaluate(name: str) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from gnr650.data import SPLITS, InMemoryDataModule, Split
-from gnr650.finetune import WHOLE
+from gnr650.finetune import is_under
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,6 @@ def _stages(net: nn.Module) -> list[Stage]:
                             "(it splits timm VisionTransformer and torchvision ResNet); set finetune.cache_features=false.")
 
 
-def _under(name: str, module: str) -> bool:
-    return name == module or name.startswith(module + ".")
-
-
 def _chain(fns: list[Fn]) -> Fn:
     return lambda x: reduce(lambda h, f: f(h), fns, x)
 
@@ -94,14 +90,15 @@ def split_network(net: nn.Module, trainable: list[str]) -> NetworkSplit:
     """Split ``net`` before the first stage that holds a trainable module (see ``gnr650.finetune``)."""
     stages = _stages(net)
     names = [n for stage_names, _ in stages for n in stage_names]
-    outside = [k for k in net.state_dict() if not any(_under(k, n) for n in names)]
+    outside = [k for k in net.state_dict() if not is_under(k, names)]
     if outside:
         raise FeatureCacheError(f"{type(net).__name__} has weights outside the layout feature caching knows "
                                 f"({', '.join(outside[:4])}); set finetune.cache_features=false.")
     if not trainable:
         raise FeatureCacheError("nothing trains, so there is no suffix to train on cached features.")
-    first = next((i for i, (stage_names, _) in enumerate(stages)
-                  if WHOLE in trainable or any(_under(n, m) or _under(m, n) for n in stage_names for m in trainable)), None)
+    first = next((i for i, (stage_names, _) in enumerate(stages)  # a stage inside a trainable module, or holding one
+                  if any(is_under(n, trainable) for n in stage_names) or any(is_under(m, stage_names) for m in trainable)),
+                 None)
     if first is None:
         raise FeatureCacheError(f"the trainable modules ({', '.join(trainable)}) are outside the layout feature caching knows.")
     if first == 0:

@@ -49,14 +49,15 @@ def _has_module(net: nn.Module, name: str) -> bool:
         return False
 
 
-def _is_under(param_name: str, modules: list[str]) -> bool:
-    return any(m == WHOLE or param_name == m or param_name.startswith(m + ".") for m in modules)
+def is_under(name: str, modules: list[str]) -> bool:
+    """``name`` (a module, parameter or state-dict key) is one of ``modules`` or inside one (``WHOLE``: any)."""
+    return any(m == WHOLE or name == m or name.startswith(m + ".") for m in modules)
 
 
 def apply_freeze(net: nn.Module, trainable: list[str]) -> None:
     """Set ``requires_grad`` from the module list: the one place where freezing happens."""
     for name, p in net.named_parameters():
-        p.requires_grad_(_is_under(name, trainable))
+        p.requires_grad_(is_under(name, trainable))
 
 
 def set_mode(net: nn.Module, trainable: list[str], training: bool) -> None:

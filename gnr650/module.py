@@ -1,7 +1,6 @@
 """The LightningModule for every study: classification with per-strategy freezing and two learning rates."""
 from __future__ import annotations
 
-import math
 import warnings
 
 import pytorch_lightning as pl
@@ -14,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from gnr650.data import SPLITS
 from gnr650.finetune import apply_freeze, set_mode
 from gnr650.metrics import DeviceAccuracy
+from gnr650.optim import adamw_warmup_cosine
 from gnr650.preprocess import DevicePreprocess
 
 
@@ -129,28 +129,6 @@ class ClassificationModule(pl.LightningModule):
             self.final_loss[i].reset()
 
     def configure_optimizers(self):
-        hp = self.hparams
-        groups: dict[tuple[str, bool], list] = {}
-        for name, p in self.net.named_parameters():
-            if not p.requires_grad:
-                continue
-            is_head = any(name == h or name.startswith(h + ".") for h in self.head)
-            groups.setdefault(("head" if is_head else "backbone", p.ndim >= 2), []).append(p)
-        if not groups:
-            raise RuntimeError("No trainable parameters: this strategy has nothing to fit (use finetune=frozen to only evaluate).")
-        param_groups = [{"params": ps, "lr": hp.lr_head if part == "head" else hp.lr_backbone,
-                         "weight_decay": hp.weight_decay if decay else 0.0, "name": f"{part}{'' if decay else '_no_decay'}"}
-                        for (part, decay), ps in groups.items()]
-        # One fused kernel per step on GPU and CPU: on the CPU the per-tensor loop can cost more than the step's convolutions.
-        optimizer = torch.optim.AdamW(param_groups, betas=tuple(hp.betas), fused=self.device.type in ("cuda", "cpu"))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(round(hp.warmup_epochs * total / max(1, self.trainer.max_epochs or 1)))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        optimizer, scheduler = adamw_warmup_cosine(self.net, self.head, self.hparams, self.trainer.estimated_stepping_batches,
+                                                   self.trainer.max_epochs, self.device)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

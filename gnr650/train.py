@@ -63,15 +63,19 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return getattr(ckpt, "best_model_path", None) or getattr(ckpt, "last_model_path", None) or None
 
 
+def on_gpu(cfg: DictConfig) -> bool:
+    """The configured trainer runs on CUDA (``accelerator: gpu``, or ``auto`` with a GPU present)."""
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def _channels_last(cfg: DictConfig, net: torch.nn.Module) -> bool:
     """``channels_last: auto``: for conv nets (most weights in convolutions) on a GPU, where it is faster."""
     setting = cfg.get("channels_last", "auto")
     if setting != "auto":
         return bool(setting)
-    accelerator = cfg.trainer.get("accelerator", "auto")
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     conv = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
-    return on_gpu and conv > sum(p.numel() for p in net.parameters()) / 2
+    return on_gpu(cfg) and conv > sum(p.numel() for p in net.parameters()) / 2
 
 
 def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, ClassificationModule]:
