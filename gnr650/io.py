@@ -11,6 +11,13 @@ _UMASK = os.umask(0)  # read once at import (setting it is process-wide), then p
 os.umask(_UMASK)
 
 
+def ensure_writable(directory: str | os.PathLike) -> None:
+    """Make ``directory`` if needed and prove that it takes files; ``OSError`` if not."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+        pass
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)

@@ -1,7 +1,6 @@
 """Checks that fail before any work, with a message naming the setting to fix."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -11,6 +10,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from gnr650.io import ensure_writable
+
 
 class PreflightError(ValueError):
     """The configuration or the environment cannot work; the message says which setting to change."""
@@ -18,11 +19,8 @@ class PreflightError(ValueError):
 
 def check_writable(directory: str | Path) -> None:
     """The output directory exists (or can be made) and takes files."""
-    directory = Path(directory)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-            pass
+        ensure_writable(directory)
     except OSError as e:
         raise PreflightError(
             f"Output directory '{directory}' is not writable ({e.strerror or e}). Point hydra.run.dir "

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from gnr650.io import atomic_write
+from gnr650.io import atomic_write, ensure_writable
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,7 @@ def fingerprint(files: Sequence[Path], extra: dict | None = None) -> str:
 def _writable_dir(candidates: Sequence[Path]) -> Path | None:
     for d in candidates:
         try:
-            d.mkdir(parents=True, exist_ok=True)
-            probe = d / f".probe-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
+            ensure_writable(d)
             return d
         except OSError:
             continue

@@ -9,13 +9,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from gnr650.io import atomic_write
 
 from . import attention, figures, tables
 from .collect import Job, collect_jobs
@@ -140,8 +141,5 @@ def _markdown(title: str, meta: list[str], named_tables, drawn: list[FigureEntry
 
 def _write(summary: Summary, name: str, content: str | bytes) -> None:
     """Write atomically, so a reader (or a concurrent summary) never sees half a file."""
-    path = summary.multirun_dir / name
-    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-    tmp.write_bytes(content.encode() if isinstance(content, str) else content)
-    os.replace(tmp, path)
-    summary.files.append(path)
+    data = content.encode() if isinstance(content, str) else content
+    summary.files.append(atomic_write(summary.multirun_dir / name, lambda tmp: Path(tmp).write_bytes(data)))
