@@ -40,6 +40,8 @@ def test_splits_depend_on_seed_only():
 def test_class_balanced_fraction_keeps_proportions():
     keep = class_balanced_subset(_eurosat_labels(), 0.4, seed=0)
     assert keep.numel() == 10_800 and torch.bincount(_eurosat_labels()[keep]).tolist() == [round(n * 0.4) for n in EUROSAT_COUNTS]
+    shuffled = _eurosat_labels()[torch.randperm(27_000, generator=torch.Generator().manual_seed(1))]
+    assert torch.equal(class_balanced_subset(shuffled, 1.0, seed=0), torch.arange(27_000))  # the data sets rely on it
 
 
 def test_per_class_samples_are_disjoint_and_exact():

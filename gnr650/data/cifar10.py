@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from gnr650.data.cache import decoded_split
-from gnr650.data.datamodule import InMemoryDataModule, Split
+from gnr650.data.datamodule import InMemoryDataModule, Split, is_count
 from gnr650.data.folders import missing_data, scan_class_folders
 from gnr650.data.splits import sample_per_class
 
@@ -26,7 +26,7 @@ class Cifar10SubsetDataModule(InMemoryDataModule):
     def __init__(self, root: str, per_class: int = 100, val_per_class: int = 100, download: bool = False, **kwargs):
         super().__init__(**kwargs)
         for key, n in (("per_class", per_class), ("val_per_class", val_per_class)):
-            if not isinstance(n, int) or n < 1:
+            if not is_count(n):
                 raise ValueError(f"dataset.{key} must be a positive integer (got {n!r}).")
         self.root = Path(root)
         self.per_class = per_class

@@ -70,7 +70,7 @@ class EuroSATDataModule(InMemoryDataModule):
         if self.split_files:
             parts = self._split_from_files(files)
         else:
-            keep = class_balanced_subset(labels_t, self.fraction, self.seed) if self.fraction < 1 else torch.arange(len(files))
+            keep = class_balanced_subset(labels_t, self.fraction, self.seed)
             parts = [keep[p] for p in stratified_split(labels_t[keep], self.ratios, self.seed)]
         needed = torch.sort(torch.cat(parts)).values
         data = decoded_split("eurosat", [files[i] for i in needed.tolist()], labels_t[needed].tolist(), self.cache_dir, image_dir)

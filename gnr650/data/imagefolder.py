@@ -55,13 +55,13 @@ class ImageFolderDataModule(InMemoryDataModule):
             splits = {}
             for s, (files, labels, _) in scanned.items():
                 labels_t = torch.as_tensor(labels)
-                keep = class_balanced_subset(labels_t, self.fraction, self.seed) if self.fraction < 1 else torch.arange(len(files))
+                keep = class_balanced_subset(labels_t, self.fraction, self.seed)
                 splits[s] = decoded_split(f"imagefolder-{s}", [files[i] for i in keep.tolist()], labels_t[keep].tolist(),
                                           self.cache_dir, self.root, self.image_size)
             return splits, class_names
         files, labels, class_names = scan_class_folders(self.root)
         labels_t = torch.as_tensor(labels)
-        keep = class_balanced_subset(labels_t, self.fraction, self.seed) if self.fraction < 1 else torch.arange(len(files))
+        keep = class_balanced_subset(labels_t, self.fraction, self.seed)
         data = decoded_split("imagefolder", [files[i] for i in keep.tolist()], labels_t[keep].tolist(), self.cache_dir, self.root,
                              self.image_size)
         parts = stratified_split(data.labels, self.ratios, self.seed)

@@ -29,7 +29,7 @@ def sample_per_class(labels: torch.Tensor, counts: Sequence[int], seed: int) -> 
 
 
 def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
-    """The same ``fraction`` of every class (at least one image each)."""
+    """The same ``fraction`` of every class (at least one image each); ``fraction=1``: every index, in order."""
     keep = [perm[: max(1, round(perm.numel() * fraction))] for perm in _class_perms(labels, seed)]
     return torch.sort(torch.cat(keep)).values
 
