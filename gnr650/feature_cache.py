@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import reduce
 from typing import Any, Callable
@@ -25,6 +24,7 @@ from torch import nn
 
 from gnr650.data import SPLITS, InMemoryDataModule, Split
 from gnr650.finetune import is_under
+from gnr650.interpret.features import evaluating
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class FeatureCache(pl.Callback):
         dm: InMemoryDataModule = trainer.datamodule
         pl_module.to(trainer.strategy.root_device)
         dtype = torch.bfloat16 if str(trainer.precision).startswith("bf16") else torch.float32
-        with _eval_mode(pl_module):
+        with evaluating(pl_module):
             shape = tuple(self._prefix(trainer, pl_module, dm.split("train").images[:1]).shape[1:])
         total = sum(len(dm.split(name)) for name in SPLITS)
         gb = total * math.prod(shape) * dtype.itemsize / 1e9
@@ -163,31 +163,21 @@ class FeatureCache(pl.Callback):
             self._fill(trainer, pl_module)
 
     def _prefix(self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: torch.Tensor) -> torch.Tensor:
+        """Called inside ``evaluating`` (eval mode, no grad)."""
         x = pl_module.preprocess(images.to(pl_module.device, non_blocking=True))  # outside autocast, as in training
-        with torch.no_grad(), trainer.precision_plugin.forward_context():
+        with trainer.precision_plugin.forward_context():
             return self.split.prefix(x)
 
     def _fill(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The prefix output of every split, written into the served tensors."""
         dm: InMemoryDataModule = trainer.datamodule
         batch = dm.eval_batch_size
-        with _eval_mode(pl_module):
+        with evaluating(pl_module):
             for name in SPLITS:
                 images, out = dm.split(name).images, dm.served[name].images
                 for i in range(0, len(out), batch):
                     out[i:i + batch] = self._prefix(trainer, pl_module, images[i:i + batch])
         self._computed_with = _versions(pl_module.net)
-
-
-@contextmanager
-def _eval_mode(module: nn.Module):
-    """Frozen parts run in eval mode in training too; the module's own ``train`` restores its modes."""
-    training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(training)
 
 
 def _versions(net: nn.Module) -> tuple[int, ...]:

@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torchvision.utils import make_grid
+
+from gnr650.data.images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,8 @@ def channel_grid(fmap: torch.Tensor, num_channels: int = 16) -> torch.Tensor:
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """Any image file as a uint8 RGB tensor [3, H, W]."""
-    with Image.open(path) as img:
-        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+    """Any image file as a uint8 RGB tensor [3, H, W], decoded as the data sets decode theirs."""
+    return torch.from_numpy(decode_image(path)).permute(2, 0, 1).contiguous()
 
 
 def pick_image(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
