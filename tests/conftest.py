@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from torch import nn
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -36,6 +39,32 @@ def make_cfg(overrides: list[str], out_dir: Path) -> DictConfig:
             cfg.paths.cache_dir = str(out_dir / "cache")
         del cfg.hydra
     return cfg
+
+
+def train_py(args: list[str], root: Path) -> subprocess.Popen:
+    """Start ``train.py args`` as a user would, with its outputs under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={root}"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """Wait for a ``train_py`` process; it must succeed. Returns its output."""
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def no_hooks(net: nn.Module) -> bool:
+    return all(not (m._forward_hooks or m._forward_pre_hooks) for m in net.modules())
+
+
+class RunsCodeWhenUnpickled:
+    """Unpickling this calls ``os.system``: what a safe loader must refuse."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
 
 
 def write_image(path: Path, rng: np.random.Generator, size: int = 32, mode: str = "RGB") -> None:

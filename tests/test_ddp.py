@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import finish, train_py
 
 pytestmark = pytest.mark.slow
 
@@ -18,24 +14,11 @@ pytestmark = pytest.mark.slow
 RUN = ["debug=smoke", "model=resnet18", "finetune=last", "trainer.max_epochs=3", "trainer.enable_model_summary=false"]
 
 
-def start(args: list[str], root: Path) -> subprocess.Popen:
-    root.mkdir(parents=True)
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={root}"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "1"})
-
-
-def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
-    return out
-
-
 def test_ddp_on_cpu_with_two_processes(tmp_path):
-    ddp = start(RUN + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], tmp_path / "ddp")
-    single = start(RUN, tmp_path / "single")
-    out = finish(ddp)
-    finish(single)
+    ddp = train_py(RUN + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], tmp_path / "ddp")
+    single = train_py(RUN, tmp_path / "single")
+    out = finish(ddp, timeout=600)
+    finish(single, timeout=600)
     assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
 
     (run,) = (tmp_path / "ddp" / "outputs" / "train" / "runs").iterdir()  # one run directory, not one per rank

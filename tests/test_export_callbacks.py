@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import no_hooks
 from gnr650.callbacks import (AttentionExport, FeatureMapExport, KernelImageExport, KernelNormExport,
                               ViTWeightNormExport)
 
@@ -119,9 +120,6 @@ def check_index(artifacts: Path) -> list[dict]:
             np.load(path, allow_pickle=False).close()
     return entries
 
-
-def no_hooks(net):
-    return all(not (m._forward_hooks or m._forward_pre_hooks) for m in net.modules())
 
 
 def test_resnet_exports_in_a_fit_and_test_run(tmp_path):

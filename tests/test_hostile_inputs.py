@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import CONFIG_DIR, ROOT, make_cfg, write_image
+from conftest import CONFIG_DIR, ROOT, RunsCodeWhenUnpickled, make_cfg, write_image
 from gnr650.data import Cifar10SubsetDataModule, EuroSATDataModule, ImageFolderDataModule, SyntheticDataModule
 from gnr650.data.images import ImageDecodeError
 from gnr650.models import WeightsError, build_resnet18
@@ -200,16 +200,11 @@ def test_fraction_outside_zero_to_one(fraction, tmp_path):
     ImageFolderDataModule(root=str(tmp_path), fraction=1)  # the closed end is allowed
 
 
-class Payload:
-    def __reduce__(self):
-        return (os.system, ("echo pwned",))
-
-
 @pytest.mark.parametrize("content,message", [
     ([1, 2, 3], "is not a state dict"),
     ({"lr": 0.1, "epochs": 3}, "is not a state dict"),
     ({}, "is not a state dict"),
-    (Payload(), "needs arbitrary pickled code"),
+    (RunsCodeWhenUnpickled(), "needs arbitrary pickled code"),
     (b"not a weights file", "Cannot read weights file"),
 ], ids=["list", "dict-of-numbers", "empty", "pickled-code", "garbage"])
 def test_weights_file_that_is_not_a_state_dict(content, message, tmp_path):

@@ -14,6 +14,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+from conftest import no_hooks
 from gnr650.interpret import attention as attn_lib
 from gnr650.interpret import features, index, kernels
 
@@ -36,9 +37,6 @@ def vit(img_size=64) -> nn.Module:
     torch.manual_seed(0)
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=img_size)
 
-
-def no_hooks(net: nn.Module) -> bool:
-    return all(not (m._forward_hooks or m._forward_pre_hooks) for m in net.modules())
 
 
 # --- weight norms -----------------------------------------------------------------------------

@@ -5,8 +5,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from conftest import ROOT, make_cfg, write_image
+from conftest import RunsCodeWhenUnpickled, finish, make_cfg, train_py, write_image
 from gnr650.callbacks.divergence import DivergenceError
 from gnr650.callbacks.last_checkpoint import RunInterrupted
 from gnr650.callbacks.run_state import RunState
@@ -29,19 +27,6 @@ from gnr650.train import train
 # Augmentation on: the resumed run must also restore the RNG, not only the weights and the batch order.
 RUN = ["debug=smoke", "model=resnet18", "finetune=full", "dataset.augment=true", "trainer.enable_progress_bar=false",
        "trainer.enable_model_summary=false"]
-
-
-def train_py(args: list[str], root: Path) -> subprocess.Popen:
-    root.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={root}"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "1"})
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-3000:]
-    return out
 
 
 def read_results(directory: Path) -> dict:
@@ -293,14 +278,9 @@ def test_a_damaged_decoded_cache_is_rebuilt_not_trusted(tmp_path, caplog):
     assert torch.load(cache, weights_only=True)["images"].shape[0] == 18  # rewritten whole
 
 
-class Boom:
-    def __reduce__(self):
-        return (os.system, ("echo pwned",))
-
-
 def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
     evil = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "payload": Boom()}, evil)
+    torch.save({"state_dict": {}, "payload": RunsCodeWhenUnpickled()}, evil)
     with pytest.raises(CheckpointError, match=r"Refusing to load checkpoint .*evil.ckpt.*GLOBAL posix.system"):
         train(make_cfg(SMALL + [f"ckpt_path={evil}"], tmp_path / "out"))
     torn = tmp_path / "torn.ckpt"
