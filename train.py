@@ -1,8 +1,12 @@
 """Entry point: ``python train.py [overrides]``; see README.md and configs/."""
+
 import hydra
 from omegaconf import DictConfig
 
+from gnr650.runs import prepare_process
 from gnr650.train import hydra_task
+
+prepare_process()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

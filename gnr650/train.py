@@ -1,9 +1,8 @@
 """``train(cfg)``: build everything from a composed config, fit, evaluate every split, write results.json."""
+
 from __future__ import annotations
 
-import json
 import logging
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -14,21 +13,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
-from gnr650.callbacks.csv_history import CSVHistory
-from gnr650.callbacks.divergence import DivergenceGuard
-from gnr650.callbacks.last_checkpoint import LastCheckpoint, RunInterrupted, reporting_sigterm
-from gnr650.callbacks.run_state import RunState
-from gnr650.checkpoints import check_checkpoint, refusing_pickled_code
 from gnr650.data import SPLITS, InMemoryDataModule
-from gnr650.feature_cache import feature_cache
-from gnr650.finetune import count_params, trainable_modules
-from gnr650.io import write_json
+from gnr650.finetune import count_params, feature_cache, trainable_modules
 from gnr650.models import BuiltModel
-from gnr650.module import ClassificationModule
-from gnr650.preflight import check_launch, check_override_types, check_writable
-from gnr650.preprocess import DevicePreprocess
-from gnr650.resume import LAST, checkpoint_dir, checkpoint_to_resume, completed_results
+from gnr650.runs import (
+    RunInterrupted,
+    check_launch,
+    check_writable,
+    completed_results,
+    run_control,
+    versions,
+    write_results,
+)
+from gnr650.runs.preflight import check_override_types
+from gnr650.training import ClassificationModule, DevicePreprocess, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +39,6 @@ def instantiate_list(node: DictConfig | None) -> list[Any]:
         return []
     items = node.values() if isinstance(node, DictConfig) else node
     return [instantiate(item) for item in items if item is not None and "_target_" in item]
-
-
-def versions() -> dict[str, str]:
-    import hydra
-    import timm
-    import torchmetrics
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "pytorch_lightning": pl.__version__, "torchmetrics": torchmetrics.__version__,
-            "hydra": hydra.__version__}
 
 
 def _overrides() -> list[str]:
@@ -63,19 +52,12 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
     return getattr(ckpt, "best_model_path", None) or getattr(ckpt, "last_model_path", None) or None
 
 
-def on_gpu(cfg: DictConfig) -> bool:
-    """The configured trainer runs on CUDA (``accelerator: gpu``, or ``auto`` with a GPU present)."""
-    accelerator = cfg.trainer.get("accelerator", "auto")
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-
-
-def _channels_last(cfg: DictConfig, net: torch.nn.Module) -> bool:
-    """``channels_last: auto``: for conv nets (most weights in convolutions) on a GPU, where it is faster."""
-    setting = cfg.get("channels_last", "auto")
-    if setting != "auto":
-        return bool(setting)
-    conv = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
-    return on_gpu(cfg) and conv > sum(p.numel() for p in net.parameters()) / 2
+def _checkpoint_dir(callbacks: list[Any], output_dir: Path) -> Path:
+    """Where the run's checkpoints go: the configured ModelCheckpoint's ``dirpath``, else
+    ``<output_dir>/checkpoints``."""
+    return next(
+        (Path(c.dirpath) for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath), output_dir / "checkpoints"
+    )
 
 
 def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, ClassificationModule]:
@@ -85,15 +67,29 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, Classificati
     built: BuiltModel = instantiate(cfg.model, num_classes=dm.num_classes)
     trainable = trainable_modules(built, cfg.finetune.train_blocks, cfg.finetune.get("train_head", True))
     mean, std = (built.mean, built.std) if built.mean is not None else dm.channel_stats()
-    channels_last = _channels_last(cfg, built.net)
+    channels_last = use_channels_last(
+        cfg.get("channels_last", "auto"), cfg.trainer.get("accelerator", "auto"), built.net
+    )
     if channels_last:
         built.net.to(memory_format=torch.channels_last)
     if cfg.get("compile", False):
         built.net.compile()
-    preprocess = DevicePreprocess(mean, std, img_size=built.img_size, augment=dm.augment, crop_padding=dm.crop_padding,
-                                  channels_last=channels_last)
-    module = ClassificationModule(built.net, preprocess, dm.class_names, trainable, built.head,
-                                  **OmegaConf.to_container(cfg.optimizer, resolve=True))
+    preprocess = DevicePreprocess(
+        mean,
+        std,
+        img_size=built.img_size,
+        augment=dm.augment,
+        crop_padding=dm.crop_padding,
+        channels_last=channels_last,
+    )
+    module = ClassificationModule(
+        built.net,
+        preprocess,
+        dm.class_names,
+        trainable,
+        built.head,
+        **OmegaConf.to_container(cfg.optimizer, resolve=True),
+    )
     return dm, built, module
 
 
@@ -106,9 +102,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     check_writable(out)
     results: dict[str, Any] = {
-        "status": "running", "error": None, "dataset": cfg.dataset.get("_target_", "").rsplit(".", 1)[-1],
-        "model": cfg.model.get("name"), "finetune": cfg.finetune.get("name"), "seed": cfg.seed,
-        "overrides": _overrides(), "run_dir": str(out.resolve()),
+        "status": "running",
+        "error": None,
+        "dataset": cfg.dataset.get("_target_", "").rsplit(".", 1)[-1],
+        "model": cfg.model.get("name"),
+        "finetune": cfg.finetune.get("name"),
+        "seed": cfg.seed,
+        "overrides": _overrides(),
+        "run_dir": str(out.resolve()),
     }
     try:
         pl.seed_everything(cfg.seed, workers=True)
@@ -117,34 +118,50 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["data"] = {"sizes": dm.summary(), "classes": dm.class_names}
         results["params"] = count_params(built.net)
         results["trainable_modules"] = module.trainable
-        log.info("%s on %s (%s), %s: %s trainable of %s parameters", built.name, dm.name, dm.summary(), cfg.finetune.name,
-                 f"{results['params']['trainable']:,}", f"{results['params']['total']:,}")
+        log.info(
+            "%s on %s (%s), %s: %s trainable of %s parameters",
+            built.name,
+            dm.name,
+            dm.summary(),
+            cfg.finetune.name,
+            f"{results['params']['trainable']:,}",
+            f"{results['params']['total']:,}",
+        )
 
-        cache = feature_cache(cfg, dm, module)
-        ckpt_path, same_run = checkpoint_to_resume(cfg)
-        last = checkpoint_dir(cfg) / LAST
+        cache = feature_cache(
+            cfg.finetune.get("cache_features", "auto"),
+            cfg.finetune.get("cache_max_gb", 16.0),
+            bool(cfg.get("compile", False)),
+            dm,
+            module,
+        )
         loggers = instantiate_list(cfg.get("logger"))
-        # In every run, whatever the callbacks group holds: exact resume, kept logs, a stop at a NaN loss, last.ckpt.
-        run_state = [RunState(results["overrides"], check_overrides=same_run), CSVHistory(loggers), DivergenceGuard()]
-        if cfg.trainer.get("enable_checkpointing", True):  # Lightning refuses checkpoint callbacks otherwise
-            run_state.append(LastCheckpoint(last, every_s=cfg.last_ckpt_every_s))
-        callbacks = instantiate_list(cfg.get("callbacks")) + ([cache] if cache else []) + run_state
+        configured = instantiate_list(cfg.get("callbacks"))
+        control = run_control(
+            _checkpoint_dir(configured, out),
+            results["overrides"],
+            loggers,
+            cfg.get("resume"),
+            bool(cfg.get("skip_done")),
+            cfg.get("ckpt_path"),
+            cfg.last_ckpt_every_s,
+            checkpointing=cfg.trainer.get("enable_checkpointing", True),
+        )
+        callbacks = configured + ([cache] if cache else []) + control.callbacks
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         check_launch(trainer)
-        results["resumed_from"] = ckpt_path
+        results["resumed_from"] = control.ckpt_path
         fit_s = 0.0
         if results["params"]["trainable"] > 0:
             t0 = time.perf_counter()
-            if ckpt_path:
-                check_checkpoint(ckpt_path)
-            with refusing_pickled_code(ckpt_path), reporting_sigterm(last):
-                trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+            with control.fitting():
+                trainer.fit(module, datamodule=dm, ckpt_path=control.ckpt_path, weights_only=True)
             fit_s = time.perf_counter() - t0
             ckpt = _best_checkpoint(trainer)
         else:
             log.info("Strategy '%s' trains nothing: evaluating the model as loaded.", cfg.finetune.name)
             ckpt = None
-        with refusing_pickled_code(ckpt):
+        with control.reading(ckpt):
             trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
         final = module.final_results
         results["metrics"] = {f"{s}/{k}": final[s][k] for s in SPLITS for k in ("acc", "acc_macro", "loss")}
@@ -164,26 +181,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["versions"] = versions()
         results["config"] = OmegaConf.to_container(cfg, resolve=False)
         if _is_global_zero():
-            _write_results(out / "results.json", results)
+            write_results(out / "results.json", results)
     if _is_global_zero():  # the one rank that wrote it
-        log.info("Accuracy train %.4f, val %.4f, test %.4f -> %s", results["metrics"]["train/acc"],
-                 results["metrics"]["val/acc"], results["metrics"]["test/acc"], out / "results.json")
+        log.info(
+            "Accuracy train %.4f, val %.4f, test %.4f -> %s",
+            results["metrics"]["train/acc"],
+            results["metrics"]["val/acc"],
+            results["metrics"]["test/acc"],
+            out / "results.json",
+        )
     return results
 
 
 def _is_global_zero() -> bool:
     return pl.utilities.rank_zero_only.rank == 0
-
-
-def _write_results(path: Path, results: dict[str, Any]) -> None:
-    """An unwritable results.json must not lose the results: they go to the log, and a completed run fails."""
-    try:
-        write_json(path, results)
-    except OSError as e:
-        log.error("Could not write %s (%s). The results: %s", path, e,
-                  json.dumps({k: results.get(k) for k in ("status", "error", "metrics", "checkpoint")}, default=str))
-        if results["status"] == "completed":
-            raise
 
 
 def hydra_task(cfg: DictConfig) -> float | None:

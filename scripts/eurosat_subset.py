@@ -6,6 +6,7 @@
 The zip holds ``eurosat/2750/<Class>/<Class>_N.jpg`` (the layout ``dataset=eurosat`` reads) for the
 first ``--per-class`` images of each class in numeric order, stored uncompressed (JPEGs do not shrink).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--per-class must be at least 1")
     with zipfile.ZipFile(args.out, "w", compression=zipfile.ZIP_STORED) as z:
         for folder in classes:
-            files = sorted(folder.glob("*.jpg"), key=_number)[:args.per_class]
+            files = sorted(folder.glob("*.jpg"), key=_number)[: args.per_class]
             if len(files) < args.per_class:
                 print(f"{folder.name}: only {len(files)} images", file=sys.stderr)
             for f in files:
                 z.write(f, f.relative_to(args.data_dir).as_posix())
-    print(f"{args.out}: {len(classes)} classes x up to {args.per_class} images, {args.out.stat().st_size / 2**20:.1f} MiB")
+    print(
+        f"{args.out}: {len(classes)} classes x up to {args.per_class} images, {args.out.stat().st_size / 2**20:.1f} MiB"
+    )
     return 0
 
 

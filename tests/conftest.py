@@ -1,76 +1,23 @@
-"""Shared test helpers: compose configs like train.py does, tiny fake data sets, the real-data switch."""
+"""Test-session set-up (the tests are an entry point: resolvers and warning filters) and shared fixtures."""
+
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from torch import nn
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-EUROSAT_CLASSES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture", "PermanentCrop",
-                   "Residential", "River", "SeaLake"]
+from gnr650.runs import prepare_process
+from gnr650.runs.process import INTENTIONAL_WARNINGS
+from tests.helpers import CIFAR_CLASSES, EUROSAT_CLASSES, write_image
 
-# Fast, quiet defaults for every composed test config.
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.accelerator=cpu"]
+prepare_process()
 
 
-def make_cfg(overrides: list[str], out_dir: Path) -> DictConfig:
-    """Compose ``configs/train.yaml`` with ``overrides`` and point every output at ``out_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=QUIET + overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(out_dir)
-        cfg.paths.log_dir = str(out_dir)
-        cfg.paths.output_dir = str(out_dir)
-        if cfg.paths.cache_dir is None:
-            cfg.paths.cache_dir = str(out_dir / "cache")
-        del cfg.hydra
-    return cfg
-
-
-def train_py(args: list[str], root: Path) -> subprocess.Popen:
-    """Start ``train.py args`` as a user would, with its outputs under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={root}"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "1"})
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    """Wait for a ``train_py`` process; it must succeed. Returns its output."""
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-3000:]
-    return out
-
-
-def no_hooks(net: nn.Module) -> bool:
-    return all(not (m._forward_hooks or m._forward_pre_hooks) for m in net.modules())
-
-
-class RunsCodeWhenUnpickled:
-    """Unpickling this calls ``os.system``: what a safe loader must refuse."""
-
-    def __reduce__(self):
-        return (os.system, ("echo pwned",))
-
-
-def write_image(path: Path, rng: np.random.Generator, size: int = 32, mode: str = "RGB") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    Image.fromarray(arr).convert(mode).save(path)
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest installs its own warning filters around each test: add the by-design ones there too."""
+    for message in INTENTIONAL_WARNINGS:
+        config.addinivalue_line("filterwarnings", f"ignore:{message}")
 
 
 @pytest.fixture(scope="session")
@@ -89,26 +36,3 @@ def fake_data(tmp_path_factory) -> Path:
         for i in range(10):
             write_image(root / "folder" / c / f"{i}.png", rng)
     return root
-
-
-def tiny_overrides(dataset: str, data_root: Path) -> list[str]:
-    """Overrides that make ``dataset`` with any model and strategy run in about a second."""
-    per_dataset = {
-        "synthetic": [],
-        "cifar10-subset": ["dataset.per_class=2", "dataset.val_per_class=2"],
-        "eurosat": [],
-        "imagefolder": [f"dataset.root={data_root / 'folder'}"],
-    }[dataset]
-    return [f"dataset={dataset}", f"paths.data_dir={data_root}", "model.img_size=32", "model.pretrained=false",
-            "trainer.max_epochs=1", "batch_size=8", "eval_batch_size=64", "logger=none", "callbacks=none"] + per_dataset
-
-
-def real_data_dir() -> Path | None:
-    d = os.environ.get("GNR650_DATA_DIR")
-    return Path(d) if d and Path(d).is_dir() else None
-
-
-def real_weights() -> Path | None:
-    d = os.environ.get("GNR650_WEIGHTS_DIR")
-    p = Path(d) / "vit_tiny_patch16_224.safetensors" if d else None
-    return p if p and p.is_file() else None

@@ -1,20 +1,304 @@
-"""Bad input from the core issue: each gives an error that says what is wrong and what to do."""
+"""Bad and hostile input: each gives a clear error naming what is wrong and what to do, or a correct
+conversion; never a crash deep in torch, and nothing already computed is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import make_cfg, write_image
-from gnr650.data import EuroSATDataModule, ImageFolderDataModule
+from gnr650.data import (
+    Cifar10SubsetDataModule,
+    EuroSATDataModule,
+    ImageFolderDataModule,
+    SyntheticDataModule,
+)
 from gnr650.data.folders import DataNotFoundError
 from gnr650.data.images import ImageDecodeError
-from gnr650.finetune import StrategyError
+from gnr650.finetune.strategies import StrategyError
 from gnr650.models import WeightsError, build_resnet18, build_vit
+from gnr650.runs.preflight import PreflightError, check_override_types
 from gnr650.train import train
+from tests.helpers import CONFIG_DIR, ROOT, RunsCodeWhenUnpickled, make_cfg, write_image
+
+RNG = np.random.default_rng(0)
+PIXELS = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+
+
+def class_folders(root: Path, classes=("a", "b"), n: int = 5) -> Path:
+    for c in classes:
+        for i in range(n):
+            write_image(root / c / f"{i}.png", RNG)
+    return root
+
+
+def load(root: Path, tmp_path: Path, **kwargs) -> ImageFolderDataModule:
+    dm = ImageFolderDataModule(root=str(root), cache_dir=str(tmp_path / "cache"), **kwargs)
+    dm.setup()
+    return dm
+
+
+def decoded(dm: ImageFolderDataModule, name: str) -> np.ndarray:
+    """The decoded image of file ``name`` (HxWx3), whichever split it landed in."""
+    for split in dm.splits.values():
+        for i, f in enumerate(split.files):
+            if f.endswith(name):
+                return split.images[i].permute(1, 2, 0).numpy()
+    raise KeyError(name)
+
+
+def test_truncated_jpeg_is_named(tmp_path):
+    root = class_folders(tmp_path / "data")
+    bad = root / "b" / "cut.jpg"
+    Image.fromarray(PIXELS).save(bad, quality=95)
+    bad.write_bytes(bad.read_bytes()[:-20])  # only the last bytes missing: the header still parses
+    with pytest.raises(ImageDecodeError, match=rf"'{bad}'.*truncated"):
+        load(root, tmp_path)
+
+
+def test_zero_byte_file_is_named(tmp_path):
+    root = class_folders(tmp_path / "data")
+    (root / "a" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageDecodeError, match=rf"'{root / 'a' / 'empty.jpg'}'.*empty"):
+        load(root, tmp_path)
+
+
+def test_non_image_file_in_a_class_folder(tmp_path):
+    root = class_folders(tmp_path / "data")
+    (root / "a" / "notes.txt").write_text("labelling notes")
+    (root / "a" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    dm = load(root, tmp_path)  # skipped, with a warning
+    assert not any(f.endswith(("notes.txt", ".DS_Store")) for s in dm.splits.values() for f in s.files)
+    (root / "b" / "readme.jpg").write_text("not really a JPEG")
+    with pytest.raises(ImageDecodeError, match=rf"'{root / 'b' / 'readme.jpg'}'.*not an image"):
+        load(root, tmp_path)
+
+
+def test_grayscale_images_become_gray_rgb(tmp_path):
+    root = class_folders(tmp_path / "data")
+    Image.fromarray(PIXELS[..., 0], "L").save(root / "a" / "gray.png")
+    Image.fromarray(PIXELS[..., 0] > 127).save(root / "a" / "bilevel.png")
+    dm = load(root, tmp_path)
+    assert (decoded(dm, "gray.png") == PIXELS[..., :1]).all()
+    assert set(np.unique(decoded(dm, "bilevel.png"))) == {0, 255}
+
+
+def test_rgba_and_palette_images_become_rgb(tmp_path):
+    root = class_folders(tmp_path / "data")
+    opaque = np.dstack([PIXELS, np.full((32, 32), 255, np.uint8)])
+    Image.fromarray(opaque, "RGBA").save(root / "a" / "rgba.png")
+    see_through = np.dstack([PIXELS, np.zeros((32, 32), np.uint8)])
+    Image.fromarray(see_through, "RGBA").save(root / "a" / "clear.png")
+    Image.fromarray(PIXELS).convert("P").save(root / "b" / "palette.png", transparency=0)
+    dm = load(root, tmp_path)
+    assert (decoded(dm, "rgba.png") == PIXELS).all()
+    assert (decoded(dm, "clear.png") == 0).all()  # fully transparent: composited over black
+    assert decoded(dm, "palette.png").shape == (32, 32, 3)
+
+
+def test_cmyk_images_become_rgb(tmp_path):
+    root = class_folders(tmp_path / "data")
+    yy, xx = np.meshgrid(np.arange(32) * 8, np.arange(32) * 8, indexing="ij")
+    smooth = np.stack([yy, xx, np.full((32, 32), 128)], -1).astype(np.uint8)  # JPEG-friendly
+    Image.fromarray(smooth).convert("CMYK").save(root / "a" / "cmyk.jpg", quality=95)
+    Image.fromarray(PIXELS).convert("CMYK").save(root / "b" / "cmyk.tif")
+    dm = load(root, tmp_path)
+    assert np.abs(decoded(dm, "cmyk.jpg").astype(int) - smooth).max() <= 8
+    assert (decoded(dm, "cmyk.tif") == PIXELS).all()
+
+
+def png_16bit_rgb(path: Path, pixels: np.ndarray) -> None:
+    """A 48-bit RGB PNG (Pillow cannot write one)."""
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_images_are_rescaled_not_clipped(tmp_path):
+    root = class_folders(tmp_path / "data")
+    deep = PIXELS.astype(np.uint16) * 257  # 8-bit values v stored as 16-bit v * 257
+    Image.fromarray(deep[..., 0]).save(root / "a" / "gray16.png")
+    Image.fromarray(deep[..., 1]).save(root / "a" / "gray16.tif")
+    png_16bit_rgb(root / "b" / "rgb16.png", deep)
+    dark = np.full((32, 32), 1000, np.uint16)  # dark, not saturated: 1000 / 65535 of full scale
+    Image.fromarray(dark).save(root / "b" / "dark16.png")
+    dm = load(root, tmp_path)
+    assert (decoded(dm, "gray16.png") == PIXELS[..., :1]).all()
+    assert (decoded(dm, "gray16.tif") == PIXELS[..., 1:2]).all()
+    assert (decoded(dm, "rgb16.png") == PIXELS).all()
+    assert (decoded(dm, "dark16.png") == round(1000 / 65535 * 255)).all()
+
+
+def test_images_of_mixed_sizes_are_resized_to_the_common_size(tmp_path):
+    root = class_folders(tmp_path / "data")
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(root / "a" / "wide.png")
+    Image.new("RGB", (64, 64), (0, 255, 0)).save(root / "b" / "large.png")
+    dm = load(root, tmp_path)
+    assert all(s.images.shape[-2:] == (32, 32) for s in dm.splits.values())
+    assert (decoded(dm, "wide.png")[..., 0] == 255).all() and (decoded(dm, "large.png")[..., 1] == 255).all()
+    assert load(root, tmp_path, image_size=[24, 24]).splits["train"].images.shape[-2:] == (24, 24)
+
+
+def test_unicode_class_folders_train_end_to_end(tmp_path):
+    classes = ("chat_é", "犬", "Straße mit Leerzeichen")
+    root = class_folders(tmp_path / "données", classes, n=6)
+    # Hydra's override grammar needs quotes around non-ASCII characters (and spaces) in a value.
+    results = train(
+        make_cfg(
+            [
+                "dataset=imagefolder",
+                f"dataset.root='{root}'",
+                "model=resnet18",
+                "model.img_size=32",
+                "trainer.max_epochs=1",
+                "batch_size=8",
+                "logger=none",
+                "callbacks=none",
+            ],
+            tmp_path / "out",
+        )
+    )
+    saved = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    assert saved["status"] == "completed" and saved["data"]["classes"] == sorted(classes)
+    assert set(saved["per_class"]["test"]) == set(classes) == set(results["per_class"]["test"])
+
+
+def test_string_where_a_number_is_expected_is_refused_before_any_work(tmp_path):
+    overrides = [
+        "dataset=synthetic",
+        "dataset.per_class=abc",
+        "optimizer.lr_head=fast",
+        "trainer.max_epochs=2.5",
+        "optimizer.lr_backbone=1",
+        "seed=3",
+    ]  # the last two are fine: an int where a float is expected
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with pytest.raises(PreflightError) as err:
+            check_override_types(cfg)
+    message = str(err.value)
+    assert "dataset.per_class='abc' should be a number (default 16)" in message
+    assert "optimizer.lr_head='fast' should be a number" in message
+    assert "trainer.max_epochs=2.5 should be a whole number" in message
+    assert "lr_backbone" not in message and "seed" not in message
+    with pytest.raises(ValueError, match=r"dataset.per_class must be a positive integer \(got abc\)"):
+        SyntheticDataModule(per_class="abc")  # the same without Hydra (train(cfg) from Python)
+
+    # The command line: a clear message and no run started.
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "debug=smoke", "dataset.per_class=abc", f"paths.root_dir={tmp_path}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "dataset.per_class='abc' should be a number" in proc.stderr
+    assert not list(tmp_path.rglob("results.json"))
+
+
+@pytest.mark.parametrize("value", [0, -5])
+def test_zero_or_negative_per_class(value, tmp_path):
+    with pytest.raises(ValueError, match=rf"dataset.per_class must be a positive integer \(got {value}\)"):
+        SyntheticDataModule(per_class=value)
+    with pytest.raises(ValueError, match=rf"dataset.per_class must be a positive integer \(got {value}\)"):
+        Cifar10SubsetDataModule(root=str(tmp_path), per_class=value)
+    with pytest.raises(Exception, match="per_class must be a positive integer"):  # wrapped by Hydra's instantiate
+        train(make_cfg(["debug=smoke", "model=resnet18", f"dataset.per_class={value}"], tmp_path / "out"))
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("fraction", [0, -0.1, 1.5, "abc"])
+def test_fraction_outside_zero_to_one(fraction, tmp_path):
+    for module in (ImageFolderDataModule, EuroSATDataModule):
+        with pytest.raises(ValueError, match=r"dataset.fraction must be a number in \(0, 1\]"):
+            module(root=str(tmp_path), fraction=fraction)
+    ImageFolderDataModule(root=str(tmp_path), fraction=1)  # the closed end is allowed
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ([1, 2, 3], "is not a state dict"),
+        ({"lr": 0.1, "epochs": 3}, "is not a state dict"),
+        ({}, "is not a state dict"),
+        (RunsCodeWhenUnpickled(), "needs arbitrary pickled code"),
+        (b"not a weights file", "Cannot read weights file"),
+    ],
+    ids=["list", "dict-of-numbers", "empty", "pickled-code", "garbage"],
+)
+def test_weights_file_that_is_not_a_state_dict(content, message, tmp_path):
+    path = tmp_path / "weights.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(WeightsError, match=message) as err:
+        build_resnet18(4, weights=str(path))
+    assert f"'{path}'" in str(err.value)
+    fake = tmp_path / "weights.safetensors"
+    fake.write_text("{}")
+    with pytest.raises(WeightsError, match="Cannot read weights file"):
+        build_resnet18(4, weights=str(fake))
+    save_file({"only.this": torch.zeros(2)}, str(fake))
+    with pytest.raises(WeightsError, match="do not match this model"):
+        build_resnet18(4, weights=str(fake))
+
+
+def test_output_directory_that_is_not_writable(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(PreflightError, match=rf"Output directory '{blocker / 'run'}' is not writable.*hydra.run.dir"):
+        train(make_cfg(["debug=smoke", "model=resnet18"], blocker / "run"))
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(PreflightError, match=rf"'{locked}' is not writable"):
+            train(make_cfg(["debug=smoke", "model=resnet18"], locked))
+
+
+def test_results_are_not_lost_when_results_json_cannot_be_written(tmp_path, monkeypatch, caplog):
+    import gnr650.runs.results as results_module
+
+    def refuse(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(results_module, "write_json", refuse)
+    with pytest.raises(PermissionError):
+        train(
+            make_cfg(
+                ["debug=smoke", "model=resnet18", "trainer.max_epochs=1", "logger=none", "callbacks=none"], tmp_path
+            )
+        )
+    logged = [r.getMessage() for r in caplog.records if "Could not write" in r.getMessage()]
+    assert logged and '"status": "completed"' in logged[0] and '"test/acc"' in logged[0]
 
 
 def test_missing_data_dir_says_where_it_looked_and_what_to_do(tmp_path):
-    cfg = make_cfg(["dataset=cifar10-subset", "model=resnet18", f"paths.data_dir={tmp_path / 'nowhere'}"], tmp_path / "out")
+    cfg = make_cfg(
+        ["dataset=cifar10-subset", "model=resnet18", f"paths.data_dir={tmp_path / 'nowhere'}"], tmp_path / "out"
+    )
     with pytest.raises(DataNotFoundError) as err:
         train(cfg)
     message = str(err.value)

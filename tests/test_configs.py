@@ -1,12 +1,13 @@
 """Every dataset x model x finetune combination composes and builds, with the strategy's parameters trainable."""
+
 import itertools
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from conftest import make_cfg, tiny_overrides
-from gnr650.finetune import count_params
+from gnr650.finetune.strategies import count_params
 from gnr650.train import build
+from tests.helpers import make_cfg, tiny_overrides
 
 DATASETS = ["cifar10-subset", "eurosat", "imagefolder", "synthetic"]
 MODELS = ["resnet18", "vit_b16", "vit_ti16"]
@@ -33,13 +34,21 @@ def test_every_combination_builds(dataset, fake_data, tmp_path):
 def test_unknown_group_option_lists_valid_ones(group, bad, tmp_path):
     with pytest.raises((MissingConfigException, ConfigCompositionException)) as err:
         make_cfg([f"{group}={bad}"], tmp_path)
-    valid = {"model": ["resnet18", "vit_b16", "vit_ti16"], "dataset": ["cifar10-subset", "eurosat"], "finetune": ["top4", "frozen"]}
+    valid = {
+        "model": ["resnet18", "vit_b16", "vit_ti16"],
+        "dataset": ["cifar10-subset", "eurosat"],
+        "finetune": ["top4", "frozen"],
+    }
     assert all(v in str(err.value) for v in valid[group])
 
 
 def test_default_config_is_study_two(tmp_path):
     cfg = make_cfg([], tmp_path)
-    assert (cfg.dataset._target_.endswith("EuroSATDataModule"), cfg.model.name, cfg.finetune.name) == (True, "vit_b16", "last")
+    assert (cfg.dataset._target_.endswith("EuroSATDataModule"), cfg.model.name, cfg.finetune.name) == (
+        True,
+        "vit_b16",
+        "last",
+    )
 
 
 def test_data_dir_follows_environment(tmp_path, monkeypatch):

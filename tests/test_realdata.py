@@ -1,4 +1,5 @@
 """Real-data tier: runs when GNR650_DATA_DIR (and GNR650_WEIGHTS_DIR) point at the real sets; skipped otherwise."""
+
 import json
 import os
 import subprocess
@@ -7,11 +8,13 @@ import sys
 import pytest
 import torch
 
-from conftest import CIFAR_CLASSES, ROOT, real_data_dir, real_weights
 from gnr650.data import Cifar10SubsetDataModule, EuroSATDataModule
+from tests.helpers import CIFAR_CLASSES, ROOT, real_data_dir, real_weights
 
-pytestmark = [pytest.mark.realdata,
-              pytest.mark.skipif(real_data_dir() is None, reason="GNR650_DATA_DIR does not point at the real data")]
+pytestmark = [
+    pytest.mark.realdata,
+    pytest.mark.skipif(real_data_dir() is None, reason="GNR650_DATA_DIR does not point at the real data"),
+]
 
 
 def test_eurosat_full_split_is_exact_and_disjoint():
@@ -37,14 +40,28 @@ def test_cifar_subset_from_the_jpeg_folders():
 def test_strategy_sweep_on_eurosat_with_local_vit_weights(tmp_path):
     """The core issue's check 3: four strategies, exact trainable counts, full beats frozen."""
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "dataset=eurosat", "model=vit_ti16", "model.img_size=64",
-           "dataset.fraction=0.05", "trainer.max_epochs=2", "finetune=last,top4,full,frozen",
-           "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "dataset=eurosat",
+        "model=vit_ti16",
+        "model.img_size=64",
+        "dataset.fraction=0.05",
+        "trainer.max_epochs=2",
+        "finetune=last,top4,full,frozen",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = dict(os.environ, GNR650_WEIGHTS_DIR=str(real_weights().parent))
     subprocess.run(cmd, check=True, cwd=tmp_path, env=env, timeout=1200)
     results = {r["finetune"]: r for r in (json.loads(p.read_text()) for p in sweep.glob("*/results.json"))}
     assert {k: r["params"]["trainable"] for k, r in results.items()} == {
-        "last": 1_930, "top4": 1_781_770, "full": 5_491_786, "frozen": 0}
+        "last": 1_930,
+        "top4": 1_781_770,
+        "full": 5_491_786,
+        "frozen": 0,
+    }
     assert all(r["status"] == "completed" for r in results.values())
     assert results["full"]["metrics"]["test/acc"] > results["frozen"]["metrics"]["test/acc"] + 0.3
     assert results["last"]["metrics"]["test/acc"] > results["frozen"]["metrics"]["test/acc"] + 0.2

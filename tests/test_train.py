@@ -1,12 +1,13 @@
 """End-to-end runs of train(cfg) on synthetic data: results.json, learning, freezing, reproducibility."""
+
 import json
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import make_cfg
 from gnr650.train import build, train
+from tests.helpers import make_cfg
 
 SMOKE = ["debug=smoke", "logger=csv", "callbacks=default"]
 
@@ -34,8 +35,20 @@ def test_smoke_run_writes_valid_results(model, tmp_path):
 
 
 def test_overfits_synthetic_data_to_full_train_accuracy(tmp_path):
-    results = train(make_cfg(["debug=smoke", "model=resnet18", "model.stem=cifar", "finetune=full",
-                              "trainer.max_epochs=8", "optimizer.lr_backbone=1e-3", "optimizer.warmup_epochs=0"], tmp_path))
+    results = train(
+        make_cfg(
+            [
+                "debug=smoke",
+                "model=resnet18",
+                "model.stem=cifar",
+                "finetune=full",
+                "trainer.max_epochs=8",
+                "optimizer.lr_backbone=1e-3",
+                "optimizer.warmup_epochs=0",
+            ],
+            tmp_path,
+        )
+    )
     assert results["metrics"]["train/acc"] == 1.0
 
 
@@ -68,8 +81,12 @@ def test_frozen_modules_stay_in_eval_mode(tmp_path):
 
 
 def test_same_seed_same_metrics(tmp_path):
-    runs = [train(make_cfg(SMOKE + ["model=resnet18", "finetune=top4", "dataset.augment=true"], tmp_path / str(i)))
-            for i in range(2)]
+    runs = [
+        train(make_cfg(SMOKE + ["model=resnet18", "finetune=top4", "dataset.augment=true"], tmp_path / str(i)))
+        for i in range(2)
+    ]
     assert runs[0]["metrics"] == runs[1]["metrics"]
-    other = train(make_cfg(SMOKE + ["model=resnet18", "finetune=top4", "dataset.augment=true", "seed=1"], tmp_path / "other"))
+    other = train(
+        make_cfg(SMOKE + ["model=resnet18", "finetune=top4", "dataset.augment=true", "seed=1"], tmp_path / "other")
+    )
     assert other["metrics"] != runs[0]["metrics"]

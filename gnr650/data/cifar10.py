@@ -1,14 +1,16 @@
 """CIFAR-10 subset for the overfitting study: ``per_class`` training images per class, seeded."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from gnr650.data.cache import decoded_split
-from gnr650.data.datamodule import InMemoryDataModule, Split, is_count
+from gnr650.data.datamodule import InMemoryDataModule, Split
+from gnr650.data.decoded_store import decoded_split
 from gnr650.data.folders import missing_data, scan_class_folders
 from gnr650.data.splits import sample_per_class
+from gnr650.data.validation import is_count
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -49,8 +51,10 @@ class Cifar10SubsetDataModule(InMemoryDataModule):
             return out[0], out[1]
         if not (self.root / "cifar-10-batches-py").is_dir() and not self.download:
             raise missing_data(
-                "CIFAR-10", [self.root / "cifar-10-batches-py", self.root / "cifar10-jpg", self.root],
-                "Set paths.data_dir=<folder> (or GNR650_DATA_DIR) to where CIFAR-10 lies, or add dataset.download=true when online.",
+                "CIFAR-10",
+                [self.root / "cifar-10-batches-py", self.root / "cifar10-jpg", self.root],
+                "Set paths.data_dir=<folder> (or GNR650_DATA_DIR) to where CIFAR-10 lies, or add "
+                "dataset.download=true when online.",
             )
         from torchvision.datasets import CIFAR10
 
@@ -60,7 +64,8 @@ class Cifar10SubsetDataModule(InMemoryDataModule):
                 ds = CIFAR10(str(self.root), train=train, download=self.download)
             except Exception as e:
                 raise RuntimeError(
-                    f"Could not download CIFAR-10 into '{self.root}' ({e}). Offline? Point paths.data_dir at a local copy."
+                    f"Could not download CIFAR-10 into '{self.root}' ({e}). Offline? Point paths.data_dir at a "
+                    "local copy."
                 ) from e
             out.append(Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)))
         return out[0], out[1]

@@ -1,8 +1,9 @@
 """The in-memory datamodule: decoded uint8 tensors, batches sliced from them, no worker processes.
 
 Resizing, normalisation and augmentation happen on the device after transfer (see
-``gnr650.preprocess``), so a dataset is decoded once and every epoch costs only tensor indexing.
+``gnr650.training.preprocess``), so a dataset is decoded once and every epoch costs only tensor indexing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,13 +13,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gnr650.data.sampler import ResumableSampler, per_rank_batch_size
+from gnr650.data.validation import is_count
 
 SPLITS = ("train", "val", "test")
-
-
-def is_count(value, least: int = 1) -> bool:
-    """A whole number (not a bool, not a string from a command line) of at least ``least``."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 @dataclass
@@ -32,7 +29,7 @@ class Split:
     def __len__(self) -> int:
         return self.labels.numel()
 
-    def subset(self, index: torch.Tensor) -> "Split":
+    def subset(self, index: torch.Tensor) -> Split:
         files = [self.files[i] for i in index.tolist()] if self.files else []
         return Split(self.images[index], self.labels[index], files)
 
@@ -64,8 +61,15 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     name = "dataset"
 
-    def __init__(self, batch_size: int = 64, eval_batch_size: int = 256, augment: bool = False,
-                 crop_padding: int = 4, seed: int = 0, cache_dir: str | None = None):
+    def __init__(
+        self,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        augment: bool = False,
+        crop_padding: int = 4,
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ):
         super().__init__()
         if not (is_count(batch_size) and is_count(eval_batch_size)):
             raise ValueError(f"batch_size and eval_batch_size must be positive (got {batch_size}, {eval_batch_size}).")
@@ -77,7 +81,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir
         self.splits: dict[str, Split] = {}
         # What the loaders serve in place of ``splits`` when set: copies on the GPU, or cached
-        # features (gnr650.feature_cache). ``split()`` keeps giving the images, on the CPU.
+        # features (gnr650.finetune.feature_cache). ``split()`` keeps giving the images, on the CPU.
         self.served: dict[str, Split] = {}
         self.class_names: list[str] = []
 
@@ -92,7 +96,9 @@ class InMemoryDataModule(pl.LightningDataModule):
                     raise ValueError(f"The {self.name} '{name}' split is empty; check the dataset settings.")
             self.splits, self.class_names = splits, list(class_names)
         device = self.trainer.strategy.root_device if self.trainer is not None else None
-        if device is not None and device.type == "cuda" and not self.served:  # batches sliced on the GPU, no copies per step
+        if (
+            device is not None and device.type == "cuda" and not self.served
+        ):  # batches sliced on the GPU, no copies per step
             self.served = {k: Split(s.images.to(device), s.labels.to(device)) for k, s in self.splits.items()}
 
     @property
@@ -117,7 +123,9 @@ class InMemoryDataModule(pl.LightningDataModule):
             _TensorBatches(data),
             batch_size=batch_size,
             sampler=sampler,
-            drop_last=train and len(sampler) > 1 and len(sampler) % batch_size == 1,  # batch norm fails on a batch of one
+            drop_last=train
+            and len(sampler) > 1
+            and len(sampler) % batch_size == 1,  # batch norm fails on a batch of one
             collate_fn=_batch,
             num_workers=0,
             generator=torch.Generator(),  # loading never draws from the global RNG (exact resume, see sampler.py)

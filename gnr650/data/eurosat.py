@@ -1,15 +1,16 @@
 """EuroSAT RGB (torchvision layout), split stratified 60/20/20 by seed or by split files."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from gnr650.data.cache import decoded_split
 from gnr650.data.datamodule import SPLITS, InMemoryDataModule
+from gnr650.data.decoded_store import decoded_split
 from gnr650.data.folders import missing_data, scan_class_folders
-from gnr650.data.imagefolder import check_fraction, check_ratios
 from gnr650.data.splits import class_balanced_subset, stratified_split
+from gnr650.data.validation import check_fraction, check_ratios
 
 
 class EuroSATDataModule(InMemoryDataModule):
@@ -22,8 +23,15 @@ class EuroSATDataModule(InMemoryDataModule):
 
     name = "eurosat"
 
-    def __init__(self, root: str, fraction: float = 1.0, ratios=(0.6, 0.2, 0.2), split_files: dict | None = None,
-                 download: bool = False, **kwargs):
+    def __init__(
+        self,
+        root: str,
+        fraction: float = 1.0,
+        ratios=(0.6, 0.2, 0.2),
+        split_files: dict | None = None,
+        download: bool = False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.root = Path(root)
         self.fraction = check_fraction(fraction)
@@ -42,11 +50,16 @@ class EuroSATDataModule(InMemoryDataModule):
             try:
                 EuroSAT(str(self.root), download=True)
             except Exception as e:
-                raise RuntimeError(f"Could not download EuroSAT into '{self.root}' ({e}). Offline? Point paths.data_dir at a local copy.") from e
+                raise RuntimeError(
+                    f"Could not download EuroSAT into '{self.root}' ({e}). Offline? Point paths.data_dir at a "
+                    "local copy."
+                ) from e
             return candidates[0]
         raise missing_data(
-            "EuroSAT", candidates,
-            "Set paths.data_dir=<folder> (or GNR650_DATA_DIR) to the folder holding eurosat/2750, or add dataset.download=true when online.",
+            "EuroSAT",
+            candidates,
+            "Set paths.data_dir=<folder> (or GNR650_DATA_DIR) to the folder holding eurosat/2750, or add "
+            "dataset.download=true when online.",
         )
 
     def _split_from_files(self, files: list[Path]) -> list[torch.Tensor]:
@@ -59,7 +72,9 @@ class EuroSATDataModule(InMemoryDataModule):
             stems = [Path(line.strip()).stem for line in path.read_text().splitlines() if line.strip()]
             unknown = [s for s in stems if s not in by_stem]
             if unknown:
-                raise ValueError(f"Split file '{path}' names {len(unknown)} images not in the data set (e.g. '{unknown[0]}').")
+                raise ValueError(
+                    f"Split file '{path}' names {len(unknown)} images not in the data set (e.g. '{unknown[0]}')."
+                )
             out.append(torch.as_tensor(sorted(by_stem[s] for s in stems), dtype=torch.int64))
         return out
 
@@ -73,7 +88,9 @@ class EuroSATDataModule(InMemoryDataModule):
             keep = class_balanced_subset(labels_t, self.fraction, self.seed)
             parts = [keep[p] for p in stratified_split(labels_t[keep], self.ratios, self.seed)]
         needed = torch.sort(torch.cat(parts)).values
-        data = decoded_split("eurosat", [files[i] for i in needed.tolist()], labels_t[needed].tolist(), self.cache_dir, image_dir)
+        data = decoded_split(
+            "eurosat", [files[i] for i in needed.tolist()], labels_t[needed].tolist(), self.cache_dir, image_dir
+        )
         position = torch.full((len(files),), -1, dtype=torch.int64)
         position[needed] = torch.arange(needed.numel())
         return {name: data.subset(position[p]) for name, p in zip(SPLITS, parts)}, class_names

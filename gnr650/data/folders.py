@@ -1,9 +1,10 @@
 """Find class-per-folder image files, with errors that say where we looked and what to do."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from gnr650.data.images import is_image_file
 
@@ -45,7 +46,8 @@ def scan_class_folders(root: Path, class_names: Sequence[str] | None = None) -> 
         skipped += [p for p in entries if not is_image_file(p) and not p.name.startswith(".")]
         if not images:
             raise DataNotFoundError(
-                f"Class folder '{root / name}' holds no image files ({', '.join(e.name for e in entries[:5]) or 'it is empty'}). "
+                f"Class folder '{root / name}' holds no image files "
+                f"({', '.join(e.name for e in entries[:5]) or 'it is empty'}). "
                 "Add images or remove the folder."
             )
         files += images

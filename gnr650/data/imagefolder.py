@@ -1,27 +1,16 @@
 """A user's own class-per-folder data: ``root/{train,val,test}/<class>/*`` or one ``root/<class>/*`` split by ratios."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from gnr650.data.cache import decoded_split
 from gnr650.data.datamodule import SPLITS, InMemoryDataModule
+from gnr650.data.decoded_store import decoded_split
 from gnr650.data.folders import missing_data, scan_class_folders
 from gnr650.data.splits import class_balanced_subset, stratified_split
-
-
-def check_fraction(fraction) -> float:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f"dataset.fraction must be a number in (0, 1] (got {fraction!r}).")
-    return float(fraction)
-
-
-def check_ratios(ratios) -> tuple[float, ...]:
-    ratios = tuple(float(r) for r in ratios)
-    if len(ratios) != 3 or any(r <= 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-        raise ValueError(f"dataset.ratios must be three positive train/val/test fractions summing to 1 (got {list(ratios)}).")
-    return ratios
+from gnr650.data.validation import check_fraction, check_ratios
 
 
 class ImageFolderDataModule(InMemoryDataModule):
@@ -36,7 +25,10 @@ class ImageFolderDataModule(InMemoryDataModule):
     def __init__(self, root: str | None, ratios=(0.6, 0.2, 0.2), fraction: float = 1.0, image_size=None, **kwargs):
         super().__init__(**kwargs)
         if not root:
-            raise ValueError("dataset=imagefolder needs dataset.root=<folder> (with <class>/ sub-folders, or train/val/test/<class>/).")
+            raise ValueError(
+                "dataset=imagefolder needs dataset.root=<folder> (with <class>/ sub-folders, or "
+                "train/val/test/<class>/)."
+            )
         self.root = Path(root)
         self.ratios = check_ratios(ratios)
         self.fraction = check_fraction(fraction)
@@ -48,21 +40,36 @@ class ImageFolderDataModule(InMemoryDataModule):
         if (self.root / "train").is_dir():
             missing = [s for s in SPLITS if not (self.root / s).is_dir()]
             if missing:
-                raise missing_data(f"Split folders {missing}", [self.root / s for s in missing],
-                                   "A pre-split data set needs train/, val/ and test/ folders of class sub-folders.")
+                raise missing_data(
+                    f"Split folders {missing}",
+                    [self.root / s for s in missing],
+                    "A pre-split data set needs train/, val/ and test/ folders of class sub-folders.",
+                )
             _, _, class_names = scan_class_folders(self.root / "train")
             scanned = {s: scan_class_folders(self.root / s, class_names) for s in SPLITS}
             splits = {}
             for s, (files, labels, _) in scanned.items():
                 labels_t = torch.as_tensor(labels)
                 keep = class_balanced_subset(labels_t, self.fraction, self.seed)
-                splits[s] = decoded_split(f"imagefolder-{s}", [files[i] for i in keep.tolist()], labels_t[keep].tolist(),
-                                          self.cache_dir, self.root, self.image_size)
+                splits[s] = decoded_split(
+                    f"imagefolder-{s}",
+                    [files[i] for i in keep.tolist()],
+                    labels_t[keep].tolist(),
+                    self.cache_dir,
+                    self.root,
+                    self.image_size,
+                )
             return splits, class_names
         files, labels, class_names = scan_class_folders(self.root)
         labels_t = torch.as_tensor(labels)
         keep = class_balanced_subset(labels_t, self.fraction, self.seed)
-        data = decoded_split("imagefolder", [files[i] for i in keep.tolist()], labels_t[keep].tolist(), self.cache_dir, self.root,
-                             self.image_size)
+        data = decoded_split(
+            "imagefolder",
+            [files[i] for i in keep.tolist()],
+            labels_t[keep].tolist(),
+            self.cache_dir,
+            self.root,
+            self.image_size,
+        )
         parts = stratified_split(data.labels, self.ratios, self.seed)
         return {s: data.subset(p) for s, p in zip(SPLITS, parts)}, class_names

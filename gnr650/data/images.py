@@ -1,11 +1,12 @@
 """Decode image files into one uint8 tensor, converting every mode to RGB and naming any bad file."""
+
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -75,7 +76,14 @@ def decode_images(paths: Sequence[str | Path], size: tuple[int, int] | None = No
     size = tuple(size)
     odd = [i for i, a in enumerate(arrays) if a.shape[:2] != size]
     if odd:
-        log.warning("Resizing %d of %d images to %dx%d (mixed sizes, e.g. '%s').", len(odd), len(arrays), size[0], size[1], paths[odd[0]])
+        log.warning(
+            "Resizing %d of %d images to %dx%d (mixed sizes, e.g. '%s').",
+            len(odd),
+            len(arrays),
+            size[0],
+            size[1],
+            paths[odd[0]],
+        )
         for i in odd:
             arrays[i] = _resize(arrays[i], size)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

@@ -1,7 +1,8 @@
 """Batch order that a restarted run can reproduce exactly, on one process or split across DDP ranks."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -18,8 +19,9 @@ class ResumableSampler(DistributedSampler):
     each sample exactly once. A ``DistributedSampler`` subclass, so Lightning never wraps it again.
     """
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0,
-                 pad: bool = True):
+    def __init__(
+        self, size: int, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0, pad: bool = True
+    ):
         super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.pad = pad
         self._skip = 0
@@ -49,6 +51,8 @@ class ResumableSampler(DistributedSampler):
 def per_rank_batch_size(batch_size: int, world_size: int) -> int:
     """``batch_size`` is the global training batch: each of ``world_size`` processes takes an equal share."""
     if batch_size % world_size:
-        raise ValueError(f"batch_size={batch_size} is the global batch and must divide evenly over the "
-                         f"{world_size} DDP processes (trainer.devices x trainer.num_nodes).")
+        raise ValueError(
+            f"batch_size={batch_size} is the global batch and must divide evenly over the "
+            f"{world_size} DDP processes (trainer.devices x trainer.num_nodes)."
+        )
     return batch_size // world_size

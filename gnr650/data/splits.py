@@ -1,7 +1,8 @@
 """Seeded, stratified index selection: per-class samples, class-balanced fractions, ratio splits."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -20,7 +21,9 @@ def sample_per_class(labels: torch.Tensor, counts: Sequence[int], seed: int) -> 
     parts: list[list[torch.Tensor]] = [[] for _ in counts]
     for c, perm in enumerate(_class_perms(labels, seed)):
         if perm.numel() < sum(counts):
-            raise ValueError(f"Class {c} has {perm.numel()} images but {' + '.join(map(str, counts))} = {sum(counts)} are needed.")
+            raise ValueError(
+                f"Class {c} has {perm.numel()} images but {' + '.join(map(str, counts))} = {sum(counts)} are needed."
+            )
         start = 0
         for i, n in enumerate(counts):
             parts[i].append(perm[start : start + n])

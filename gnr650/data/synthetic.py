@@ -1,10 +1,12 @@
 """Tiny generated data that a network can learn in seconds: for tests and smoke runs."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from gnr650.data.datamodule import SPLITS, InMemoryDataModule, Split, is_count
+from gnr650.data.datamodule import SPLITS, InMemoryDataModule, Split
+from gnr650.data.validation import is_count
 
 
 class SyntheticDataModule(InMemoryDataModule):
@@ -12,8 +14,16 @@ class SyntheticDataModule(InMemoryDataModule):
 
     name = "synthetic"
 
-    def __init__(self, num_classes: int = 4, per_class: int = 16, val_per_class: int = 8, test_per_class: int = 8,
-                 image_size: int = 32, noise: float = 0.3, **kwargs):
+    def __init__(
+        self,
+        num_classes: int = 4,
+        per_class: int = 16,
+        val_per_class: int = 8,
+        test_per_class: int = 8,
+        image_size: int = 32,
+        noise: float = 0.3,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not is_count(num_classes, 2):
             raise ValueError(f"synthetic num_classes must be at least 2 (got {num_classes}).")
@@ -27,11 +37,18 @@ class SyntheticDataModule(InMemoryDataModule):
 
     def load(self):
         g = torch.Generator().manual_seed(self.seed)
-        protos = F.interpolate(torch.rand(self.num_classes_, 3, 4, 4, generator=g), size=self.image_size,
-                               mode="bilinear", align_corners=False)
+        protos = F.interpolate(
+            torch.rand(self.num_classes_, 3, 4, 4, generator=g),
+            size=self.image_size,
+            mode="bilinear",
+            align_corners=False,
+        )
         splits = {}
         for name, n in self.counts.items():
             labels = torch.arange(self.num_classes_).repeat_interleave(n)
-            x = protos[labels] * (1 - self.noise) + torch.rand(labels.numel(), 3, self.image_size, self.image_size, generator=g) * self.noise
+            x = (
+                protos[labels] * (1 - self.noise)
+                + torch.rand(labels.numel(), 3, self.image_size, self.image_size, generator=g) * self.noise
+            )
             splits[name] = Split((x * 255).round().to(torch.uint8), labels)
         return splits, [f"class_{i}" for i in range(self.num_classes_)]

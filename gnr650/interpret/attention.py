@@ -9,21 +9,25 @@ It raises if any layer captured nothing, so the silent-empty failure cannot pass
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from gnr650.interpret.features import capture_outputs, evaluating
+from gnr650.finetune.strategies import evaluating
+from gnr650.interpret.features import capture_outputs
 
 
 def attention_layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
     """The self-attention modules (timm ``Attention``-like: ``fused_attn`` and ``attn_drop``) in network order."""
-    return [(name, m) for name, m in net.named_modules()
-            if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)]
+    return [
+        (name, m)
+        for name, m in net.named_modules()
+        if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)
+    ]
 
 
 def patch_grid(net: nn.Module) -> tuple[int, int]:
@@ -54,8 +58,11 @@ def extract_attention(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, li
     layers = attention_layers(net)
     if not layers:
         raise ValueError(f"{type(net).__name__} has no timm attention layers")
-    with evaluating(net), unfused([m for _, m in layers]), \
-            capture_outputs({name: m.attn_drop for name, m in layers}) as captured:
+    with (
+        evaluating(net),
+        unfused([m for _, m in layers]),
+        capture_outputs({name: m.attn_drop for name, m in layers}) as captured,
+    ):
         net(x)
     empty = [name for name, maps in captured.items() if len(maps) != 1]
     if empty:
@@ -104,9 +111,17 @@ def images_per_class(labels: torch.Tensor, num_classes: int, per_class: int = 1,
     return torch.cat(picks)
 
 
-def save_attention_npz(path: str | Path, attn: torch.Tensor, rollout: torch.Tensor, grid: tuple[int, int],
-                       num_prefix_tokens: int, labels: torch.Tensor, class_names: list[str],
-                       images: torch.Tensor, layer_names: list[str]) -> None:
+def save_attention_npz(
+    path: str | Path,
+    attn: torch.Tensor,
+    rollout: torch.Tensor,
+    grid: tuple[int, int],
+    num_prefix_tokens: int,
+    labels: torch.Tensor,
+    class_names: list[str],
+    images: torch.Tensor,
+    layer_names: list[str],
+) -> None:
     """The raw arrays for cross-run comparison (format shared with the comparison tooling)."""
     np.savez_compressed(
         path,

@@ -7,38 +7,28 @@ module's train/eval flag is put back afterwards, so extraction can run mid-train
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
 from torchvision.utils import make_grid
 
 from gnr650.data.images import decode_image
+from gnr650.finetune.strategies import evaluating
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def evaluating(net: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no grad for the block; each module's own training flag is restored after."""
-    modes = {m: m.training for m in net.modules()}
-    net.eval()
-    try:
-        with torch.no_grad():
-            yield net
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 @contextmanager
 def capture_outputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Record each module's output (one tensor per call) while the block runs; hooks removed after."""
     outputs: dict[str, list[torch.Tensor]] = {label: [] for label in modules}
-    handles = [m.register_forward_hook(lambda _m, _i, out, label=label: outputs[label].append(out.detach()))
-               for label, m in modules.items()]
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out, label=label: outputs[label].append(out.detach()))
+        for label, m in modules.items()
+    ]
     try:
         yield outputs
     finally:
@@ -74,8 +64,7 @@ def channel_grid(fmap: torch.Tensor, num_channels: int = 16) -> torch.Tensor:
     maps = fmap[:num_channels, None].float()
     per_channel = maps.shape[-1] * maps.shape[-2] > 1
     nrow = max(1, int(round(maps.shape[0] ** 0.5)))
-    return make_grid(maps, nrow=nrow, padding=1, normalize=True, scale_each=per_channel,
-                     pad_value=float("nan"))[0]
+    return make_grid(maps, nrow=nrow, padding=1, normalize=True, scale_each=per_channel, pad_value=float("nan"))[0]
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -83,8 +72,13 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(decode_image(path)).permute(2, 0, 1).contiguous()
 
 
-def pick_image(images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-               image_class: str | None = None, image_path: str | None = None) -> tuple[torch.Tensor, str]:
+def pick_image(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    image_class: str | None = None,
+    image_path: str | None = None,
+) -> tuple[torch.Tensor, str]:
     """The image to visualise and a caption: ``image_path`` if given, else the first image of class
     ``image_class`` (by name). A class this dataset lacks falls back to the first image, with a
     warning, so a study preset still runs on another dataset (the caption names the real class)."""

@@ -44,14 +44,21 @@ def norm_figure(phases: dict[str, dict[str, torch.Tensor]], title: str, ylabel: 
     width = 0.8 / len(labels)
     fig_width = float(np.clip(0.25 * len(layers) * len(labels) ** 0.5 + 2, 8, 20))
     fig = Figure(figsize=(fig_width, 7.5 if len(labels) > 1 else 5), layout="constrained")
-    axes = fig.subplots(2 if len(labels) > 1 else 1, 1, sharex=True, squeeze=False,
-                        height_ratios=[3, 1] if len(labels) > 1 else [1])[:, 0]
+    axes = fig.subplots(
+        2 if len(labels) > 1 else 1, 1, sharex=True, squeeze=False, height_ratios=[3, 1] if len(labels) > 1 else [1]
+    )[:, 0]
     x = np.arange(len(layers))
     for k, (label, colour) in enumerate(zip(labels, PHASE_COLOURS)):
         pos = x - 0.4 + width * (k + 0.5)
-        axes[0].boxplot([phases[label][name].numpy() for name in layers], positions=pos, widths=width * 0.9,
-                        whis=(0, 100), patch_artist=True, boxprops={"facecolor": colour, "alpha": 0.6},
-                        medianprops={"color": "black"})
+        axes[0].boxplot(
+            [phases[label][name].numpy() for name in layers],
+            positions=pos,
+            widths=width * 0.9,
+            whis=(0, 100),
+            patch_artist=True,
+            boxprops={"facecolor": colour, "alpha": 0.6},
+            medianprops={"color": "black"},
+        )
         axes[0].plot([], [], color=colour, lw=8, alpha=0.6, label=label)
     values = torch.cat([n for norms in phases.values() for n in norms.values()])
     if values.max() > 20 * values.min().clamp_min(1e-12):
@@ -87,8 +94,9 @@ def kernel_figure(grid: torch.Tensor, is_rgb: bool, title: str) -> Figure:
     return fig
 
 
-def feature_map_figure(image: torch.Tensor, maps: dict[str, torch.Tensor], input_hw: tuple[int, int],
-                       num_channels: int, title: str) -> Figure:
+def feature_map_figure(
+    image: torch.Tensor, maps: dict[str, torch.Tensor], input_hw: tuple[int, int], num_channels: int, title: str
+) -> Figure:
     """The input image and, per stage, the first ``num_channels`` channels of its activation [C, H, W].
 
     Stages with a map of 2x2 or smaller get a red note: at that size the spatial layout is nearly
@@ -97,18 +105,26 @@ def feature_map_figure(image: torch.Tensor, maps: dict[str, torch.Tensor], input
     fig = Figure(figsize=(3.0 * (len(maps) + 1), 3.9), layout="constrained")
     axes = fig.subplots(1, len(maps) + 1)
     axes[0].imshow(_hwc(image), interpolation="nearest")
-    axes[0].set_title(f"input {image.shape[1]}x{image.shape[2]}\n(model sees {input_hw[0]}x{input_hw[1]})",
-                      fontsize=9)
+    axes[0].set_title(f"input {image.shape[1]}x{image.shape[2]}\n(model sees {input_hw[0]}x{input_hw[1]})", fontsize=9)
     tiny = []
     for ax, (label, fmap) in zip(axes[1:], maps.items()):
         c, h, w = fmap.shape
-        im = ax.imshow(channel_grid(fmap, num_channels).numpy(), cmap="viridis", vmin=0, vmax=1,
-                       interpolation="nearest")
+        im = ax.imshow(
+            channel_grid(fmap, num_channels).numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
+        )
         ax.set_title(f"{label}: {c}x{h}x{w}\nfirst {min(c, num_channels)} channels", fontsize=9)
         if h * w <= 4:
             tiny.append(f"{label} {h}x{w}")
-            ax.text(0.5, -0.04, f"only {h}x{w} spatial\n(stride {input_hw[0] // h})", transform=ax.transAxes,
-                    ha="center", va="top", color="tab:red", fontsize=9)
+            ax.text(
+                0.5,
+                -0.04,
+                f"only {h}x{w} spatial\n(stride {input_hw[0] // h})",
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                color="tab:red",
+                fontsize=9,
+            )
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -123,8 +139,15 @@ def _overlay(ax, image: np.ndarray, amap: torch.Tensor, title: str):
     size); grey keeps the image's colours from being read as attention."""
     extent = (0, image.shape[1], image.shape[0], 0)
     ax.imshow(image.mean(axis=2), cmap="gray", vmin=0, vmax=1.5 * 255, extent=extent)
-    ax.imshow((amap / amap.max().clamp_min(1e-12)).numpy(), cmap=ATTENTION_CMAP, vmin=0, vmax=1, alpha=0.6,
-              extent=extent, interpolation="bilinear")
+    ax.imshow(
+        (amap / amap.max().clamp_min(1e-12)).numpy(),
+        cmap=ATTENTION_CMAP,
+        vmin=0,
+        vmax=1,
+        alpha=0.6,
+        extent=extent,
+        interpolation="bilinear",
+    )
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
 
@@ -134,8 +157,16 @@ def _panel_grid(rows: int, cols: int, title: str) -> tuple[Figure, np.ndarray]:
     layout: constrained layout doubles the render time of these many-panel figures)."""
     width, height = 1.8 * cols + 1.0, 2.05 * rows + 0.9
     fig = Figure(figsize=(width, height))
-    gs = fig.add_gridspec(rows, cols, left=0.1 / width, right=1 - 0.95 / width, bottom=0.05 / height,
-                          top=1 - 0.9 / height, wspace=0.06, hspace=0.3)
+    gs = fig.add_gridspec(
+        rows,
+        cols,
+        left=0.1 / width,
+        right=1 - 0.95 / width,
+        bottom=0.05 / height,
+        top=1 - 0.9 / height,
+        wspace=0.06,
+        hspace=0.3,
+    )
     axes = np.array([[fig.add_subplot(gs[r, c]) for c in range(cols)] for r in range(rows)])
     fig.suptitle(title, fontsize=11, y=1 - 0.08 / height, va="top")
     return fig, axes
@@ -148,9 +179,15 @@ def _colorbar(fig: Figure, label: str) -> None:
     fig.colorbar(ScalarMappable(Normalize(0, 1), ATTENTION_CMAP), cax=cax, label=label)
 
 
-def attention_figure(image: torch.Tensor, layer_maps: torch.Tensor, rollout: torch.Tensor,
-                     head_maps: dict[int, torch.Tensor], layer_labels: list[str], title: str,
-                     ncols: int = 7) -> Figure:
+def attention_figure(
+    image: torch.Tensor,
+    layer_maps: torch.Tensor,
+    rollout: torch.Tensor,
+    head_maps: dict[int, torch.Tensor],
+    layer_labels: list[str],
+    title: str,
+    ncols: int = 7,
+) -> Figure:
     """One image: CLS-to-patch attention of every layer (head mean) and the rollout, then one row of
     per-head maps for each chosen layer. ``layer_maps`` [L, gh, gw], ``head_maps`` {layer: [H, gh, gw]}."""
     img = _hwc(image)
@@ -176,14 +213,15 @@ def attention_figure(image: torch.Tensor, layer_maps: torch.Tensor, rollout: tor
     return fig
 
 
-def rollout_overview_figure(images: torch.Tensor, rollouts: torch.Tensor, captions: list[str], title: str,
-                            ncols: int = 5) -> Figure:
+def rollout_overview_figure(
+    images: torch.Tensor, rollouts: torch.Tensor, captions: list[str], title: str, ncols: int = 5
+) -> Figure:
     """Attention rollout of every selected image on one page, captioned with its class."""
     fig, axes = _panel_grid(-(-len(captions) // ncols), ncols, title)
     axes = axes.flatten()
     for ax, image, amap, caption in zip(axes, images, rollouts, captions):
         _overlay(ax, _hwc(image), amap, caption)
-    for ax in axes[len(captions):]:
+    for ax in axes[len(captions) :]:
         ax.set_axis_off()
     _colorbar(fig, "rollout (CLS→patch) / map max")
     return fig

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gnr650.io import write_json
+from gnr650.files import write_json
 
 INDEX_NAME = "index.json"
 

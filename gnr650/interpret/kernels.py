@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid
 
-from gnr650.io import atomic_write
+from gnr650.files import atomic_write
 
 NORM_COLUMNS = ("phase", "epoch", "index", "layer", "shape", "units", "mean", "std", "min", "max")
 VIT_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -28,8 +28,11 @@ def conv_layers(net: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 
 def vit_linear_layers(net: nn.Module) -> list[tuple[str, nn.Linear]]:
     """The qkv, proj, fc1 and fc2 linears of each transformer block, in network order."""
-    return [(name, m) for name, m in net.named_modules()
-            if isinstance(m, nn.Linear) and name.startswith("blocks.") and name.endswith(VIT_LINEARS)]
+    return [
+        (name, m)
+        for name, m in net.named_modules()
+        if isinstance(m, nn.Linear) and name.startswith("blocks.") and name.endswith(VIT_LINEARS)
+    ]
 
 
 @torch.no_grad()
@@ -38,18 +41,30 @@ def unit_norms(layers: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
     return {name: m.weight.detach().flatten(1).norm(dim=1).float().cpu() for name, m in layers}
 
 
-def norm_summary(norms: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], phase: str,
-                 epoch: int) -> list[dict]:
+def norm_summary(
+    norms: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], phase: str, epoch: int
+) -> list[dict]:
     """One row per layer: mean, std (population, ddof=0), min and max of the unit norms."""
-    return [{"phase": phase, "epoch": epoch, "index": i, "layer": name,
-             "shape": "x".join(map(str, shapes[name])), "units": n.numel(),
-             "mean": n.mean().item(), "std": n.std(correction=0).item(),
-             "min": n.min().item(), "max": n.max().item()}
-            for i, (name, n) in enumerate(norms.items())]
+    return [
+        {
+            "phase": phase,
+            "epoch": epoch,
+            "index": i,
+            "layer": name,
+            "shape": "x".join(map(str, shapes[name])),
+            "units": n.numel(),
+            "mean": n.mean().item(),
+            "std": n.std(correction=0).item(),
+            "min": n.min().item(),
+            "max": n.max().item(),
+        }
+        for i, (name, n) in enumerate(norms.items())
+    ]
 
 
 def write_norms_csv(path: str | Path, rows: list[dict]) -> None:
     """Write all summary rows (every phase so far) with a header, atomically; floats at float32 precision."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=NORM_COLUMNS)
@@ -72,8 +87,9 @@ def default_kernel_layers(net: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def kernel_grid(weight: torch.Tensor, num_kernels: int = 64, channel: int | None = None,
-                nrow: int | None = None) -> tuple[torch.Tensor, bool]:
+def kernel_grid(
+    weight: torch.Tensor, num_kernels: int = 64, channel: int | None = None, nrow: int | None = None
+) -> tuple[torch.Tensor, bool]:
     """Tile the first ``num_kernels`` kernels of a conv weight [out, in, kh, kw] with ``make_grid``.
 
     RGB-input kernels (``in == 3`` and no ``channel``) become colour tiles, each min-max scaled to
@@ -85,6 +101,6 @@ def kernel_grid(weight: torch.Tensor, num_kernels: int = 64, channel: int | None
     nrow = nrow or max(1, int(round(w.shape[0] ** 0.5)))
     if w.shape[1] == 3 and channel is None:
         return make_grid(w, nrow=nrow, padding=1, normalize=True, scale_each=True, pad_value=float("nan")), True
-    w = w.mean(dim=1, keepdim=True) if channel is None else w[:, channel:channel + 1]
+    w = w.mean(dim=1, keepdim=True) if channel is None else w[:, channel : channel + 1]
     w = w / w.flatten(1).abs().amax(dim=1).clamp_min(1e-12)[:, None, None, None]
     return make_grid(w, nrow=nrow, padding=1, pad_value=float("nan"))[0], False

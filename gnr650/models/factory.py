@@ -1,4 +1,5 @@
 """Model builders for the ``model`` config group: the network plus what training needs to know about it."""
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,15 @@ def find_local_weights(weights_dir: str | None, arch: str) -> Path | None:
     return None
 
 
-def build_resnet18(num_classes: int, name: str = "resnet18", stem: str = "imagenet", img_size: int | None = None,
-                   pretrained: bool = False, weights: str | None = None, weights_dir: str | None = None) -> BuiltModel:
+def build_resnet18(
+    num_classes: int,
+    name: str = "resnet18",
+    stem: str = "imagenet",
+    img_size: int | None = None,
+    pretrained: bool = False,
+    weights: str | None = None,
+    weights_dir: str | None = None,
+) -> BuiltModel:
     """torchvision ResNet-18; ``stem=cifar`` swaps in a 3x3 stride-1 first conv and drops the max-pool."""
     if stem not in ("imagenet", "cifar"):
         raise ValueError(f"model.stem must be 'imagenet' or 'cifar' (got {stem!r}).")
@@ -63,21 +71,36 @@ def build_resnet18(num_classes: int, name: str = "resnet18", stem: str = "imagen
         try:
             state = torchvision.models.ResNet18_Weights.DEFAULT.get_state_dict(progress=False)
         except Exception as e:
-            raise WeightsError(f"Could not download ImageNet ResNet-18 weights ({e}). Offline? Set model.weights=<file> "
-                               "or model.pretrained=false.") from e
-        state = {k: v for k, v in state.items() if not k.startswith("fc.") and not (stem == "cifar" and k.startswith("conv1."))}
+            raise WeightsError(
+                f"Could not download ImageNet ResNet-18 weights ({e}). Offline? Set model.weights=<file> "
+                "or model.pretrained=false."
+            ) from e
+        state = {
+            k: v
+            for k, v in state.items()
+            if not k.startswith("fc.") and not (stem == "cifar" and k.startswith("conv1."))
+        }
         net.load_state_dict(state, strict=False)
     if path is not None or pretrained:
         built.mean, built.std, built.weights = IMAGENET_MEAN, IMAGENET_STD, str(path or "torchvision")
     return built
 
 
-def build_vit(num_classes: int, arch: str, name: str | None = None, img_size: int = 224, pretrained: bool = True,
-              weights: str | None = None, weights_dir: str | None = None, drop_path_rate: float = 0.0) -> BuiltModel:
-    """A timm ViT at ``img_size``; pretrained from a local file (``weights``, or ``weights_dir/<arch>.*``) or the timm hub."""
+def build_vit(
+    num_classes: int,
+    arch: str,
+    name: str | None = None,
+    img_size: int = 224,
+    pretrained: bool = True,
+    weights: str | None = None,
+    weights_dir: str | None = None,
+    drop_path_rate: float = 0.0,
+) -> BuiltModel:
+    """A timm ViT at ``img_size``; pretrained from a local file (``weights``, or ``weights_dir/<arch>.*``) or
+    the timm hub."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    kwargs = dict(num_classes=num_classes, img_size=img_size, drop_path_rate=drop_path_rate)
+    kwargs = {"num_classes": num_classes, "img_size": img_size, "drop_path_rate": drop_path_rate}
     path = Path(weights) if weights else (find_local_weights(weights_dir, arch) if pretrained else None)
     if path is not None or not pretrained:
         net = timm.create_model(arch, pretrained=False, **kwargs)
@@ -88,15 +111,24 @@ def build_vit(num_classes: int, arch: str, name: str | None = None, img_size: in
             net = timm.create_model(arch, pretrained=True, **kwargs)
         except Exception as e:
             raise WeightsError(
-                f"Could not fetch pretrained '{arch}' weights from the timm hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-                f"Offline? Use local weights: model.weights=<file>, or GNR650_WEIGHTS_DIR=<folder with {arch}.safetensors>; "
+                f"Could not fetch pretrained '{arch}' weights from the timm hub ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}). "
+                f"Offline? Use local weights: model.weights=<file>, or GNR650_WEIGHTS_DIR=<folder with "
+                f"{arch}.safetensors>; "
                 "export HF_HUB_OFFLINE=1 to fail at once instead of after the hub's retries; "
-                "ViT-Ti/16 weights can be used with model=vit_ti16 GNR650_WEIGHTS_DIR=<folder>; or model.pretrained=false."
+                "ViT-Ti/16 weights can be used with model=vit_ti16 GNR650_WEIGHTS_DIR=<folder>; or "
+                "model.pretrained=false."
             ) from e
         path = "timm-hub"
     cfg = net.pretrained_cfg
-    built = BuiltModel(name or arch, net, blocks=[f"blocks.{i}" for i in range(len(net.blocks))],
-                       head=["head_drop", "head"], neck=["norm", "fc_norm"], img_size=img_size)
+    built = BuiltModel(
+        name or arch,
+        net,
+        blocks=[f"blocks.{i}" for i in range(len(net.blocks))],
+        head=["head_drop", "head"],
+        neck=["norm", "fc_norm"],
+        img_size=img_size,
+    )
     if pretrained or weights:
         built.mean, built.std, built.weights = tuple(cfg["mean"]), tuple(cfg["std"]), str(path)
     return built

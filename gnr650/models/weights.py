@@ -1,14 +1,14 @@
 """Load a local state dict into a model safely (no pickled code) and refuse any mismatch by name."""
+
 from __future__ import annotations
 
-import pickle
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from gnr650.checkpoints import unsafe_global
+from gnr650.files import refusing_pickled_code
 
 
 class WeightsError(RuntimeError):
@@ -21,20 +21,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"Weights file '{path}' does not exist. Check model.weights (or GNR650_WEIGHTS_DIR).")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        with refusing_pickled_code(
+            path,
+            WeightsError,
+            "weights file",
+            "Save a plain state dict (safetensors or torch.save(model.state_dict())) instead.",
+        ):
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
 
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        refused = unsafe_global(e)
-        if refused is None:  # not a pickle of code, just not a weights file
-            raise WeightsError(f"Cannot read weights file '{path}': it is corrupt or not a safetensors or PyTorch state dict.") from e
-        raise WeightsError(
-            f"Refusing to load '{path}': it needs arbitrary pickled code to load ({refused}). "
-            "Save a plain state dict (safetensors or torch.save(model.state_dict())) instead."
-        ) from e
+                sd = load_file(str(path))
+            else:
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+    except WeightsError:
+        raise
     except Exception as e:
         raise WeightsError(f"Cannot read weights file '{path}': {e}. Is it a safetensors or PyTorch state dict?") from e
     for key in ("state_dict", "model", "model_state_dict"):
@@ -45,7 +45,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"'{path}' is not a state dict (a mapping of parameter names to tensors).")
     for prefix in ("net.", "module.", "model."):
         if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -54,8 +54,9 @@ def _names(keys: Sequence[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def load_weights(net: nn.Module, path: str | Path, head: Sequence[str],
-                 adapt: Callable[[dict, nn.Module], dict] | None = None) -> None:
+def load_weights(
+    net: nn.Module, path: str | Path, head: Sequence[str], adapt: Callable[[dict, nn.Module], dict] | None = None
+) -> None:
     """Load ``path`` into ``net`` except its classifier ``head`` modules, which stay freshly initialised.
 
     ``adapt`` converts the state dict for this model (e.g. timm's pos-embed resampling). Any other
@@ -69,12 +70,19 @@ def load_weights(net: nn.Module, path: str | Path, head: Sequence[str],
         except Exception as e:
             raise WeightsError(f"Weights '{path}' do not fit {type(net).__name__}: {e}") from e
     own = net.state_dict()
-    shapes = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if k in own and v.shape != own[k].shape
+    ]
     missing = [k for k in own if k not in sd and not any(k.startswith(h + ".") for h in head)]
     unexpected = [k for k in sd if k not in own]
     if shapes or missing or unexpected:
-        parts = [f"{label}: {_names(keys)}" for label, keys in
-                 (("wrong shapes", shapes), ("missing", missing), ("unexpected", unexpected)) if keys]
+        parts = [
+            f"{label}: {_names(keys)}"
+            for label, keys in (("wrong shapes", shapes), ("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
         raise WeightsError(
             f"Weights '{path}' do not match this model (is it for another architecture?). " + "; ".join(parts) + "."
         )

@@ -5,6 +5,7 @@ and `SummaryCallback` (Hydra, on_multirun_end).
 """
 
 from .collect import Job, collect_jobs
+from .hydra_callback import SummaryCallback
 from .writer import Summary, write_summary
 
-__all__ = ["Job", "Summary", "collect_jobs", "write_summary"]
+__all__ = ["Job", "Summary", "SummaryCallback", "collect_jobs", "write_summary"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from gnr650.io import atomic_write
+from gnr650.files import atomic_write
 
 from . import attention, figures, tables
 from .collect import Job, collect_jobs

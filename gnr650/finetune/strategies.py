@@ -1,0 +1,101 @@
+"""Fine-tuning strategies as module names: which parts train; everything else is frozen and kept in eval mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from gnr650.models import BuiltModel
+
+WHOLE = ""  # module name of the whole network
+
+
+class StrategyError(ValueError):
+    """A fine-tuning setting this model cannot do; the message says what it can."""
+
+
+def trainable_modules(built: BuiltModel, train_blocks: int | str, train_head: bool = True) -> list[str]:
+    """Names of the modules to train.
+
+    ``train_blocks``: ``"all"`` (the whole network, stem and embeddings included) or k, the last k
+    blocks plus the neck (e.g. ViT's final norm). The head trains when ``train_head``; training
+    blocks under a frozen, freshly initialised head is refused.
+    """
+    n = len(built.blocks)
+    if train_blocks == "all":
+        if not train_head:
+            raise StrategyError(
+                "finetune.train_blocks=all with finetune.train_head=false would train the backbone under a "
+                "random frozen head; use finetune=frozen (nothing trained) or finetune=full."
+            )
+        return [WHOLE]
+    if isinstance(train_blocks, bool) or not isinstance(train_blocks, int) or train_blocks < 0:
+        raise StrategyError(f"finetune.train_blocks must be 'all' or an integer from 0 to {n} (got {train_blocks!r}).")
+    if train_blocks > n:
+        raise StrategyError(
+            f"finetune.train_blocks={train_blocks} but {built.name} has only {n} blocks "
+            f"({built.blocks[0]} .. {built.blocks[-1]}); use at most {n}, or finetune=full."
+        )
+    if train_blocks and not train_head:
+        raise StrategyError(
+            "Training blocks while the freshly initialised head stays frozen cannot learn the task; "
+            "set finetune.train_head=true."
+        )
+    names = built.blocks[n - train_blocks :] if train_blocks else []
+    if train_blocks:
+        names += built.neck
+    if train_head:
+        names += built.head
+    return [m for m in names if _has_module(built.net, m)]
+
+
+def _has_module(net: nn.Module, name: str) -> bool:
+    try:
+        net.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def is_under(name: str, modules: list[str]) -> bool:
+    """``name`` (a module, parameter or state-dict key) is one of ``modules`` or inside one (``WHOLE``: any)."""
+    return any(m == WHOLE or name == m or name.startswith(m + ".") for m in modules)
+
+
+def apply_freeze(net: nn.Module, trainable: list[str]) -> None:
+    """Set ``requires_grad`` from the module list: the one place where freezing happens."""
+    for name, p in net.named_parameters():
+        p.requires_grad_(is_under(name, trainable))
+
+
+def set_mode(net: nn.Module, trainable: list[str], training: bool) -> None:
+    """Train mode only for trainable modules: frozen BatchNorm statistics and dropout stay fixed."""
+    if not training or WHOLE in trainable:
+        net.train(training)
+        return
+    net.eval()
+    for name in trainable:
+        net.get_submodule(name).train()
+
+
+@contextmanager
+def evaluating(net: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no grad for the block; each module's own training flag is restored after."""
+    modes = {m: m.training for m in net.modules()}
+    net.eval()
+    try:
+        with torch.no_grad():
+            yield net
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def count_params(net: nn.Module) -> dict[str, int]:
+    return {
+        "total": sum(p.numel() for p in net.parameters()),
+        "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
+    }

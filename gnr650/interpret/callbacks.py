@@ -1,0 +1,325 @@
+"""Interpretability exports as Lightning callbacks, writing under ``<output_dir>/artifacts/``.
+
+Schedule (shared by all): ``start`` in ``on_fit_start`` (or in ``on_test_start`` when fit never ran,
+e.g. the frozen strategy), ``epoch<N>`` every ``every_n_epochs`` training epochs, ``end`` in
+``on_test_end`` (the final evaluation, best weights loaded). Only global rank 0 writes; every file
+is listed in ``artifacts/index.json``. Extraction uses ``pl_module.net`` on a handful of images in
+eval mode without grad, and leaves no hooks behind, so the training loop is untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from gnr650.interpret import attention as attn_lib
+from gnr650.interpret import features as feat_lib
+from gnr650.interpret import kernels as kern_lib
+from gnr650.interpret.figures import (
+    attention_figure,
+    feature_map_figure,
+    kernel_figure,
+    norm_figure,
+    rollout_overview_figure,
+    save_figure,
+)
+from gnr650.interpret.index import append_to_index, entry
+
+log = logging.getLogger(__name__)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def _datamodule(trainer: pl.Trainer):
+    dm = trainer.datamodule
+    if dm is None:
+        raise RuntimeError(
+            "interpretability exports need trainer.datamodule (class_names, split()); "
+            "pass datamodule= to trainer.fit/test"
+        )
+    return dm
+
+
+def _inputs(pl_module: pl.LightningModule, images: torch.Tensor) -> torch.Tensor:
+    """uint8 images as the net's input: the module's own preprocessing (no augmentation), on its
+    device and in its dtype (callbacks bypass Lightning's input conversion, e.g. for bf16-true)."""
+    return pl_module.preprocess(images.to(pl_module.device)).to(pl_module.dtype)
+
+
+def _model_name(net: torch.nn.Module) -> str:
+    return getattr(net, "pretrained_cfg", {}).get("architecture") or type(net).__name__
+
+
+class ArtifactExport(pl.Callback):
+    """Base class: when to export, rank-0 only, and index bookkeeping. Subclasses implement
+    ``export(trainer, pl_module, phase, epoch)`` returning the index entries of the files written."""
+
+    def __init__(self, output_dir: str, at_start: bool = True, at_end: bool = True, every_n_epochs: int = 0):
+        self.artifacts_dir = Path(output_dir) / "artifacts"
+        self.at_start = at_start
+        self.at_end = at_end
+        self.every_n_epochs = every_n_epochs
+        self._started = False
+
+    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, phase: str, epoch: int) -> list[dict]:
+        raise NotImplementedError
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, phase: str, epoch: int) -> None:
+        """Export on rank 0; ``epoch`` counts the training epochs completed so far."""
+        if not trainer.is_global_zero:
+            return
+        t0 = time.perf_counter()
+        entries = self.export(trainer, pl_module, phase, epoch)
+        append_to_index(self.artifacts_dir, entries)
+        log.info("%s %s: %d artefacts in %.1fs", type(self).__name__, phase, len(entries), time.perf_counter() - t0)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_start:
+            self._run(trainer, pl_module, "start", trainer.current_epoch)
+        self._started = True
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        done = trainer.current_epoch + 1
+        if self.every_n_epochs and done % self.every_n_epochs == 0:
+            self._run(trainer, pl_module, f"epoch{done}", done)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._started:
+            self.on_fit_start(trainer, pl_module)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_end:
+            self._run(trainer, pl_module, "end", trainer.current_epoch)
+
+
+class _NormExport(ArtifactExport):
+    """Per-unit weight L2 norms per layer: ``<name>.csv`` (one row per phase and layer, all phases so
+    far) and ``<name>.png`` (distributions of the first phase against the latest)."""
+
+    name = ""
+    title = ""
+    ylabel = ""
+
+    def __init__(self, output_dir: str, at_start: bool = True, at_end: bool = True, every_n_epochs: int = 0):
+        super().__init__(output_dir, at_start, at_end, every_n_epochs)
+        self._rows: list[dict] = []
+        self._phases: dict[str, dict[str, torch.Tensor]] = {}
+
+    def layers(self, net: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        raise NotImplementedError
+
+    def export(self, trainer, pl_module, phase, epoch):
+        layers = self.layers(pl_module.net)
+        if not layers:
+            raise ValueError(f"{type(self).__name__}: {type(pl_module.net).__name__} has no layers of this kind")
+        norms = kern_lib.unit_norms(layers)
+        rows = kern_lib.norm_summary(norms, {n: tuple(m.weight.shape) for n, m in layers}, phase, epoch)
+        self._rows = [r for r in self._rows if r["phase"] != phase] + rows  # a repeated phase replaces its rows
+        self._phases[f"{phase} (epoch {epoch})"] = norms
+        csv_path, png_path = f"{self.name}.csv", f"{self.name}.png"
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        kern_lib.write_norms_csv(self.artifacts_dir / csv_path, self._rows)
+        shown = dict(list(self._phases.items())[:1] + list(self._phases.items())[-1:])
+        title = f"{_model_name(pl_module.net)}: {self.title}, {len(layers)} layers"
+        save_figure(norm_figure(shown, title, self.ylabel), self.artifacts_dir / png_path)
+        return [entry(f"{self.name}_csv", csv_path, None, epoch), entry(f"{self.name}_plot", png_path, None, epoch)]
+
+
+class KernelNormExport(_NormExport):
+    """L2 norm of every output kernel of every Conv2d (``kernel_norms.csv``/``.png``)."""
+
+    name = "kernel_norms"
+    title = "conv kernel L2 norms per layer"
+    ylabel = "kernel L2 norm  ‖w.flatten(1)‖₂"
+
+    def layers(self, net):
+        return kern_lib.conv_layers(net)
+
+
+class ViTWeightNormExport(_NormExport):
+    """L2 norm of every output row of each block's qkv, proj, fc1, fc2 (``vit_weight_norms.csv``/``.png``):
+    the transformer counterpart of the kernel-norm study."""
+
+    name = "vit_weight_norms"
+    title = "linear-layer row L2 norms per block (qkv, proj, fc1, fc2)"
+    ylabel = "row L2 norm  ‖W[i, :]‖₂"
+
+    def layers(self, net):
+        return kern_lib.vit_linear_layers(net)
+
+
+class KernelImageExport(ArtifactExport):
+    """Kernel grids of chosen conv layers: ``kernels/<phase>/<layer>.png``.
+
+    ``layers``: conv module names (default: the first conv and one conv per stage); ``num_kernels``:
+    first N kernels shown; ``channel``: show this input channel instead of the mean over input channels
+    (the RGB first layer is shown in colour unless a channel is chosen).
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        layers: list[str] | None = None,
+        num_kernels: int = 64,
+        channel: int | None = None,
+        at_start: bool = True,
+        at_end: bool = True,
+        every_n_epochs: int = 0,
+    ):
+        super().__init__(output_dir, at_start, at_end, every_n_epochs)
+        self.layers = list(layers) if layers else None
+        self.num_kernels = num_kernels
+        self.channel = channel
+
+    def export(self, trainer, pl_module, phase, epoch):
+        convs = dict(kern_lib.conv_layers(pl_module.net))
+        names = self.layers or kern_lib.default_kernel_layers(pl_module.net)
+        unknown = [n for n in names if n not in convs]
+        if unknown:
+            raise ValueError(f"not Conv2d layers of the model: {unknown}; available: {list(convs)}")
+        entries = []
+        for name in names:
+            weight = convs[name].weight
+            grid, is_rgb = kern_lib.kernel_grid(weight, self.num_kernels, self.channel)
+            shown = min(self.num_kernels, weight.shape[0])
+            how = (
+                "RGB, min-max per kernel"
+                if is_rgb
+                else f"input channel {self.channel}"
+                if self.channel is not None
+                else "mean over input channels"
+            )
+            title = (
+                f"{name}  ({'x'.join(map(str, weight.shape))}), {phase} (epoch {epoch})\n"
+                f"first {shown} of {weight.shape[0]} kernels, {how}"
+            )
+            path = f"kernels/{phase}/{name}.png"
+            save_figure(kernel_figure(grid, is_rgb, title), self.artifacts_dir / path)
+            entries.append(entry("kernel_grid", path, name, epoch))
+        return entries
+
+
+class FeatureMapExport(ArtifactExport):
+    """Activations after the stem and each stage for one image: ``feature_maps/<phase>_<image>.png``.
+
+    The image is the first one of class ``image_class`` (by name) in ``split``, or the file
+    ``image_path`` when given. ``stages`` maps a label to a module name (default: ResNet stem and
+    ``layer1``..``layer4``); the first ``num_channels`` channels of each are shown.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        image_class: str | None = "horse",
+        image_path: str | None = None,
+        split: str = "test",
+        stages: dict[str, str] | None = None,
+        num_channels: int = 16,
+        at_start: bool = False,
+        at_end: bool = True,
+        every_n_epochs: int = 0,
+    ):
+        super().__init__(output_dir, at_start, at_end, every_n_epochs)
+        self.image_class = image_class
+        self.image_path = image_path
+        self.split = split
+        self.stages = dict(stages) if stages else None
+        self.num_channels = num_channels
+
+    def export(self, trainer, pl_module, phase, epoch):
+        dm = _datamodule(trainer)
+        data = dm.split(self.split)
+        image, caption = feat_lib.pick_image(
+            data.images, data.labels, dm.class_names, self.image_class, self.image_path
+        )
+        net = pl_module.net
+        x = _inputs(pl_module, image[None])
+        maps = feat_lib.feature_maps(net, x, self.stages or feat_lib.default_stages(net))
+        title = f"{_model_name(net)} feature maps: {caption} ({self.split} split), {phase} (epoch {epoch})"
+        fig = feature_map_figure(
+            image, {k: v[0] for k, v in maps.items()}, tuple(x.shape[-2:]), self.num_channels, title
+        )
+        path = f"feature_maps/{phase}_{_slug(caption)}.png"
+        save_figure(fig, self.artifacts_dir / path)
+        return [entry("feature_maps", path, None, epoch)]
+
+
+class AttentionExport(ArtifactExport):
+    """ViT CLS-to-patch attention of every layer and attention rollout for ``images_per_class`` images of
+    each class of ``split`` (drawn with ``seed``): one figure per image in ``attention/<phase>/``, a
+    rollout overview, and the raw arrays (``attention.npz`` for ``end``, ``attention_<phase>.npz`` else).
+
+    ``per_head_layers``: layer indices (negative allowed) also shown per head; default first, middle, last.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        split: str = "test",
+        images_per_class: int = 1,
+        seed: int = 0,
+        per_head_layers: list[int] | None = None,
+        at_start: bool = False,
+        at_end: bool = True,
+        every_n_epochs: int = 0,
+    ):
+        super().__init__(output_dir, at_start, at_end, every_n_epochs)
+        self.split = split
+        self.images_per_class = images_per_class
+        self.seed = seed
+        self.per_head_layers = per_head_layers
+
+    def export(self, trainer, pl_module, phase, epoch):
+        dm = _datamodule(trainer)
+        data = dm.split(self.split)
+        idx = attn_lib.images_per_class(data.labels, len(dm.class_names), self.images_per_class, self.seed)
+        images, labels = data.images[idx], data.labels[idx]
+        net = pl_module.net
+        attn, layer_names = attn_lib.extract_attention(net, _inputs(pl_module, images))
+        grid, prefix = attn_lib.patch_grid(net), int(net.num_prefix_tokens)
+        maps = attn_lib.patch_maps(attn_lib.cls_attention(attn), prefix, grid)  # [B, L, H, gh, gw]
+        rollout = attn_lib.attention_rollout(attn, prefix, grid)
+        n_layers, n_heads = attn.shape[1], attn.shape[2]
+        per_head = self.per_head_layers if self.per_head_layers is not None else [0, n_layers // 2, n_layers - 1]
+        per_head = sorted({i % n_layers for i in per_head})
+        labels_short = [n.removesuffix(".attn") for n in layer_names]
+
+        out_dir = f"attention/{phase}"
+        entries = []
+        for i, (image, label) in enumerate(zip(images, labels)):
+            cls = dm.class_names[int(label)]
+            title = (
+                f"{_model_name(net)} CLS→patch attention: {cls} ({self.split} #{int(idx[i])}), "
+                f"{phase} (epoch {epoch})\n{n_layers} layers, {n_heads} heads, {grid[0]}x{grid[1]} patches"
+            )
+            fig = attention_figure(
+                image,
+                maps[i].mean(dim=1),
+                rollout[i],
+                {layer: maps[i, layer] for layer in per_head},
+                labels_short,
+                title,
+            )
+            path = f"{out_dir}/{i:02d}_{_slug(cls)}.png"
+            save_figure(fig, self.artifacts_dir / path)
+            entries.append(entry("attention_map", path, None, epoch))
+        captions = [f"{dm.class_names[int(lab)]} (#{int(j)})" for lab, j in zip(labels, idx)]
+        fig = rollout_overview_figure(
+            images, rollout, captions, f"{_model_name(net)} attention rollout, {phase} (epoch {epoch})"
+        )
+        path = f"{out_dir}/rollout.png"
+        save_figure(fig, self.artifacts_dir / path)
+        entries.append(entry("attention_rollout", path, None, epoch))
+        npz = "attention.npz" if phase == "end" else f"attention_{phase}.npz"
+        attn_lib.save_attention_npz(
+            self.artifacts_dir / npz, attn, rollout, grid, prefix, labels, list(dm.class_names), images, layer_names
+        )
+        entries.append(entry("attention_npz", npz, None, epoch))
+        return entries

@@ -1,0 +1,1 @@
+"""Developer tools kept outside the runtime path: the benchmark (``gnr650-bench``)."""

@@ -1,0 +1,8 @@
+"""Training: the LightningModule, its optimizer and schedule, device-side metrics and preprocessing, the
+divergence guard."""
+
+from gnr650.training.device import on_gpu, use_channels_last
+from gnr650.training.module import ClassificationModule
+from gnr650.training.preprocess import DevicePreprocess
+
+__all__ = ["ClassificationModule", "DevicePreprocess", "on_gpu", "use_channels_last"]

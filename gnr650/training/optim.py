@@ -1,0 +1,55 @@
+"""The optimizer of every run: AdamW with a head and a backbone learning rate, warm-up then cosine decay.
+
+One definition, used by the LightningModule and by the benchmark's plain loop, so the two train alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from gnr650.finetune.strategies import is_under
+
+
+def adamw_warmup_cosine(
+    net: nn.Module, head: list[str], hp: Any, total_steps: int, epochs: int, device: torch.device
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``net``'s trainable parameters and its per-step schedule.
+
+    ``hp`` holds ``lr_head``, ``lr_backbone``, ``weight_decay``, ``betas``, ``warmup_epochs`` and
+    ``min_lr_ratio`` (the ``optimizer`` config). ``head`` modules use ``lr_head``, the rest
+    ``lr_backbone``; biases and norms (parameters of fewer than 2 dimensions) get no weight decay.
+    """
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(("head" if is_under(name, head) else "backbone", p.ndim >= 2), []).append(p)
+    if not groups:
+        raise RuntimeError(
+            "No trainable parameters: this strategy has nothing to fit (use finetune=frozen to only evaluate)."
+        )
+    param_groups = [
+        {
+            "params": ps,
+            "lr": hp.lr_head if part == "head" else hp.lr_backbone,
+            "weight_decay": hp.weight_decay if decay else 0.0,
+            "name": f"{part}{'' if decay else '_no_decay'}",
+        }
+        for (part, decay), ps in groups.items()
+    ]
+    # One fused kernel per step on GPU and CPU: on the CPU the per-tensor loop can cost more than the step's
+    # convolutions.
+    optimizer = torch.optim.AdamW(param_groups, betas=tuple(hp.betas), fused=device.type in ("cuda", "cpu"))
+    total = max(1, int(total_steps))
+    warmup = int(round(hp.warmup_epochs * total / max(1, epochs or 1)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

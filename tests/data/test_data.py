@@ -1,0 +1,194 @@
+"""Splits (sizes, disjointness, stratification), sampling by seed, decoding, the decoded-data cache."""
+
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gnr650.data import (
+    Cifar10SubsetDataModule,
+    EuroSATDataModule,
+    ImageFolderDataModule,
+    SyntheticDataModule,
+)
+from gnr650.data.images import decode_images
+from gnr650.data.splits import class_balanced_subset, sample_per_class, stratified_split
+from gnr650.training.preprocess import DevicePreprocess
+from tests.helpers import CIFAR_CLASSES, EUROSAT_CLASSES, ROOT, write_image
+
+EUROSAT_COUNTS = [3000, 3000, 3000, 2500, 2500, 2000, 2500, 3000, 2500, 3000]
+
+
+def _eurosat_labels():
+    return torch.cat([torch.full((n,), c) for c, n in enumerate(EUROSAT_COUNTS)])
+
+
+def test_eurosat_standard_split_sizes_are_exact():
+    labels = _eurosat_labels()
+    parts = stratified_split(labels, (0.6, 0.2, 0.2), seed=0)
+    assert [p.numel() for p in parts] == [16_200, 5_400, 5_400]
+    assert torch.cat(parts).unique().numel() == labels.numel()
+    for part, ratio in zip(parts, (0.6, 0.2, 0.2)):
+        assert torch.bincount(labels[part]).tolist() == [round(n * ratio) for n in EUROSAT_COUNTS]
+
+
+def test_splits_depend_on_seed_only():
+    labels = _eurosat_labels()
+    a, b = stratified_split(labels, (0.6, 0.2, 0.2), 0), stratified_split(labels, (0.6, 0.2, 0.2), 0)
+    c = stratified_split(labels, (0.6, 0.2, 0.2), 1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], c[0])
+
+
+def test_class_balanced_fraction_keeps_proportions():
+    keep = class_balanced_subset(_eurosat_labels(), 0.4, seed=0)
+    assert keep.numel() == 10_800 and torch.bincount(_eurosat_labels()[keep]).tolist() == [
+        round(n * 0.4) for n in EUROSAT_COUNTS
+    ]
+    shuffled = _eurosat_labels()[torch.randperm(27_000, generator=torch.Generator().manual_seed(1))]
+    assert torch.equal(class_balanced_subset(shuffled, 1.0, seed=0), torch.arange(27_000))  # the data sets rely on it
+
+
+def test_per_class_samples_are_disjoint_and_exact():
+    labels = torch.arange(10).repeat_interleave(500)
+    train, val = sample_per_class(labels, [100, 100], seed=3)
+    assert torch.bincount(labels[train]).tolist() == [100] * 10 and torch.bincount(labels[val]).tolist() == [100] * 10
+    assert not set(train.tolist()) & set(val.tolist())
+    with pytest.raises(ValueError, match="500 images but 400 \\+ 200"):
+        sample_per_class(labels, [400, 200], seed=0)
+
+
+def test_cifar_subset_from_image_folders(fake_data, tmp_path):
+    dm = Cifar10SubsetDataModule(root=str(fake_data), per_class=2, val_per_class=3, cache_dir=str(tmp_path))
+    dm.setup()
+    assert dm.class_names == CIFAR_CLASSES and dm.summary() == {"train": 20, "val": 30, "test": 30}
+    assert not set(dm.split("train").files) & set(dm.split("val").files)
+    assert all(
+        f"/train/{CIFAR_CLASSES[y]}/" in f for f, y in zip(dm.split("train").files, dm.split("train").labels.tolist())
+    )
+    assert dm.split("test").images.shape == (30, 3, 32, 32) and dm.split("test").images.dtype == torch.uint8
+    other = Cifar10SubsetDataModule(root=str(fake_data), per_class=2, val_per_class=3, cache_dir=str(tmp_path), seed=1)
+    other.setup()
+    assert other.split("train").files != dm.split("train").files
+
+
+def test_eurosat_layout_fraction_and_split_files(fake_data, tmp_path):
+    dm = EuroSATDataModule(root=str(fake_data), cache_dir=str(tmp_path))
+    dm.setup()
+    assert dm.class_names == EUROSAT_CLASSES and dm.summary() == {"train": 60, "val": 20, "test": 20}
+    files = {s: set(dm.split(s).files) for s in ("train", "val", "test")}
+    assert not (files["train"] & files["val"] or files["train"] & files["test"] or files["val"] & files["test"])
+    half = EuroSATDataModule(root=str(fake_data), fraction=0.5, cache_dir=str(tmp_path))
+    half.setup()
+    assert half.summary() == {"train": 30, "val": 10, "test": 10}
+    lists = {}
+    for s, names in (("train", ["Forest_1.tif", "River_2.tif"]), ("val", ["Highway_3.jpg"]), ("test", ["SeaLake_4"])):
+        lists[s] = tmp_path / f"eurosat-{s}.txt"
+        lists[s].write_text("\n".join(names) + "\n")
+    fixed = EuroSATDataModule(
+        root=str(fake_data), split_files={k: str(v) for k, v in lists.items()}, cache_dir=str(tmp_path)
+    )
+    fixed.setup()
+    assert [f.rsplit("/", 1)[1] for f in fixed.split("train").files] == ["Forest_1.jpg", "River_2.jpg"]
+    assert fixed.split("val").labels.tolist() == [EUROSAT_CLASSES.index("Highway")]
+
+
+def test_imagefolder_single_root_is_split_by_ratio(fake_data, tmp_path):
+    dm = ImageFolderDataModule(root=str(fake_data / "folder"), ratios=[0.6, 0.2, 0.2], cache_dir=str(tmp_path))
+    dm.setup()
+    assert dm.class_names == ["birds", "cats", "dogs"] and dm.summary() == {"train": 18, "val": 6, "test": 6}
+
+
+def test_decoded_cache_is_reused_and_rebuilt_when_files_change(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        for i in range(4):
+            write_image(tmp_path / "data" / c / f"{i}.png", rng)
+    kwargs = {"root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache")}
+    first = ImageFolderDataModule(**kwargs)
+    first.setup()
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    again = ImageFolderDataModule(**kwargs)
+    again.setup()
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "data" / "a" / "0.png")
+    changed = ImageFolderDataModule(**kwargs)
+    changed.setup()
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    idx = changed.split("train").files + changed.split("val").files + changed.split("test").files
+    assert any(f.endswith("a/0.png") for f in idx)
+    red = torch.cat([changed.split(s).images for s in ("train", "val", "test")])[
+        [i for i, f in enumerate(idx) if f.endswith("a/0.png")][0]
+    ]
+    assert red[0].min() == 255 and red[1].max() == 0
+
+
+def test_image_modes_and_sizes_become_rgb(tmp_path):
+    gray = Image.fromarray(np.full((8, 8), 100, np.uint8), "L")
+    rgba = Image.fromarray(np.dstack([np.full((8, 8, 3), 200, np.uint8), np.full((8, 8), 255, np.uint8)]), "RGBA")
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))
+    deep = Image.fromarray(np.full((8, 8), 65535, np.uint16))
+    big = Image.new("RGB", (16, 12), (0, 0, 255))
+    paths = []
+    for name, img, ext in (
+        ("g", gray, "png"),
+        ("a", rgba, "png"),
+        ("c", cmyk, "jpg"),
+        ("d", deep, "png"),
+        ("big", big, "png"),
+    ):
+        img.save(tmp_path / f"{name}.{ext}")
+        paths.append(tmp_path / f"{name}.{ext}")
+    x = decode_images(paths)
+    assert x.shape == (5, 3, 8, 8) and x.dtype == torch.uint8
+    assert x[0].unique().tolist() == [100] and x[1].unique().tolist() == [200] and x[3].unique().tolist() == [255]
+    assert x[2, 0].float().mean() > 200 and x[2, 1].float().mean() < 50
+    assert x[4, 2].min() > 200 and x[4, 0].max() < 50
+
+
+def test_device_preprocess_resizes_normalises_and_augments():
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    pre = DevicePreprocess([0.5] * 3, [0.25] * 3, img_size=64, augment=True)
+    plain = pre(x)
+    assert plain.shape == (6, 3, 64, 64) and torch.allclose(pre(x), plain)
+    same_size = DevicePreprocess([0.5] * 3, [0.25] * 3)(x)
+    assert torch.allclose(same_size, (x.float() / 255 - 0.5) / 0.25)
+    torch.manual_seed(0)
+    assert not torch.allclose(pre(x, augment=True), plain)
+
+
+def test_crop_is_a_shifted_window_of_the_padded_image():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    pre = DevicePreprocess([0.0] * 3, [1.0] * 3, augment=True, crop_padding=2)
+    torch.manual_seed(0)
+    out = pre.random_crop_flip(x)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    for i in range(2):
+        windows = [padded[i, :, r : r + 8, c : c + 8] for r in range(5) for c in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+
+
+def test_synthetic_is_deterministic():
+    a, b = SyntheticDataModule(seed=0), SyntheticDataModule(seed=0)
+    a.setup(), b.setup()
+    assert torch.equal(a.split("train").images, b.split("train").images)
+
+
+def test_eurosat_subset_zip_keeps_the_first_images_of_every_class_in_the_eurosat_layout(fake_data, tmp_path):
+    out = tmp_path / "subset.zip"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "eurosat_subset.py"), str(fake_data), str(out), "--per-class", "5"],
+        check=True,
+        capture_output=True,
+    )
+    names = zipfile.ZipFile(out).namelist()
+    # Numeric order: _1 to _5 (not _1, _10, _2, ...).
+    assert sorted(names) == sorted(f"eurosat/2750/{c}/{c}_{i}.jpg" for c in EUROSAT_CLASSES for i in range(1, 6))
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(out).extractall(unpacked)
+    dm = EuroSATDataModule(root=str(unpacked), cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    assert dm.class_names == sorted(EUROSAT_CLASSES) and sum(dm.summary().values()) == 5 * len(EUROSAT_CLASSES)

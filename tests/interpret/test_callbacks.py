@@ -1,0 +1,256 @@
+"""Export callbacks in real (tiny) Lightning runs: what lands in artifacts/ and index.json, and when."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+
+from gnr650.interpret.callbacks import (
+    AttentionExport,
+    FeatureMapExport,
+    KernelImageExport,
+    KernelNormExport,
+    ViTWeightNormExport,
+)
+from tests.helpers import no_hooks
+
+CLASSES = ["cat", "horse", "ship", "truck"]
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "callbacks"
+
+
+class FakeData(pl.LightningDataModule):
+    """The datamodule interface the exports use: ``class_names`` and ``split(name)``."""
+
+    def __init__(self, per_class: int = 4, size: int = 32):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        labels = torch.arange(len(CLASSES)).repeat(per_class)
+        self.class_names = list(CLASSES)
+        self.splits = {
+            s: SimpleNamespace(
+                images=torch.randint(0, 256, (labels.numel(), 3, size, size), generator=g, dtype=torch.uint8),
+                labels=labels,
+            )
+            for s in ("train", "val", "test")
+        }
+
+    def split(self, name):
+        return self.splits[name]
+
+    def _loader(self, name):
+        return DataLoader(TensorDataset(self.splits[name].images, self.splits[name].labels), batch_size=8)
+
+    def train_dataloader(self):
+        return self._loader("train")
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+
+class FakeModule(pl.LightningModule):
+    """``net`` plus ``preprocess`` (uint8 -> resized, normalised float), like the project's module."""
+
+    def __init__(self, net, img_size: int):
+        super().__init__()
+        self.net = net
+        self.img_size = img_size
+
+    def preprocess(self, images):
+        x = F.interpolate(images.float() / 255, size=self.img_size, mode="bilinear", align_corners=False)
+        return (x - 0.5) / 0.25
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self.net(self.preprocess(batch[0])), batch[1])
+
+    def test_step(self, batch, batch_idx):
+        self.net(self.preprocess(batch[0]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.net.parameters(), lr=0.1)
+
+
+def trainer(callbacks, max_epochs=2):
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=2,
+        callbacks=callbacks,
+    )
+
+
+def small_convnet():
+    """Any conv net: the norm exports need nothing ResNet-specific."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 6, 3, stride=2),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6, len(CLASSES)),
+    )
+
+
+def resnet():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=len(CLASSES))
+
+
+def vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=len(CLASSES), img_size=48)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def check_index(artifacts: Path) -> list[dict]:
+    """Every entry has the four fields and points at a file that opens as what it claims to be."""
+    entries = json.loads((artifacts / "index.json").read_text())
+    for e in entries:
+        assert set(e) == {"kind", "path", "layer", "epoch"}
+        path = artifacts / e["path"]
+        assert path.is_file(), e
+        if path.suffix == ".png":
+            with Image.open(path) as img:
+                img.verify()
+                assert img.format == "PNG"
+        elif path.suffix == ".csv":
+            assert read_csv(path)
+        else:
+            assert path.suffix == ".npz"
+            np.load(path, allow_pickle=False).close()
+    return entries
+
+
+def test_resnet_exports_in_a_fit_and_test_run(tmp_path):
+    model, dm = FakeModule(resnet(), 32), FakeData()
+    callbacks = [
+        KernelNormExport(str(tmp_path)),
+        KernelImageExport(str(tmp_path), num_kernels=16),
+        FeatureMapExport(str(tmp_path), image_class="horse"),
+    ]
+    t = trainer(callbacks)
+    t.fit(model, datamodule=dm)
+    t.test(model, datamodule=dm, verbose=False)
+    torch.save(model.net.state_dict(), tmp_path / "final.pt")
+
+    artifacts = tmp_path / "artifacts"
+    entries = check_index(artifacts)
+    assert {e["kind"] for e in entries} == {"kernel_norms_csv", "kernel_norms_plot", "kernel_grid", "feature_maps"}
+    grids = {(e["layer"], e["epoch"]) for e in entries if e["kind"] == "kernel_grid"}
+    stages = ["conv1", "layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
+    assert grids == {(name, epoch) for name in stages for epoch in (0, 2)}
+    [fmap] = [e for e in entries if e["kind"] == "feature_maps"]
+    assert fmap["path"] == "feature_maps/end_horse_1.png" and fmap["epoch"] == 2
+
+    rows = read_csv(artifacts / "kernel_norms.csv")
+    assert [(r["phase"], r["epoch"]) for r in rows] == [("start", "0")] * 20 + [("end", "2")] * 20
+    state = torch.load(tmp_path / "final.pt")
+    for r in rows[20:]:  # the end rows describe the weights the run finished with
+        w = state[r["layer"] + ".weight"].double()
+        norms = w.reshape(w.shape[0], -1).pow(2).sum(1).sqrt()
+        assert float(r["mean"]) == pytest.approx(norms.mean().item(), rel=1e-5)
+        assert float(r["max"]) == pytest.approx(norms.max().item(), rel=1e-5)
+    assert any(r0["mean"] != r1["mean"] for r0, r1 in zip(rows[:20], rows[20:]))  # training changed them
+    assert no_hooks(model.net)
+
+
+def test_vit_exports_attention_for_every_class(tmp_path):
+    model, dm = FakeModule(vit(), 48), FakeData()
+    t = trainer(
+        [AttentionExport(str(tmp_path), per_head_layers=[-1]), ViTWeightNormExport(str(tmp_path))], max_epochs=1
+    )
+    t.fit(model, datamodule=dm)
+    t.test(model, datamodule=dm, verbose=False)
+
+    artifacts = tmp_path / "artifacts"
+    entries = check_index(artifacts)
+    kinds = [e["kind"] for e in entries]
+    assert sorted(set(kinds)) == [
+        "attention_map",
+        "attention_npz",
+        "attention_rollout",
+        "vit_weight_norms_csv",
+        "vit_weight_norms_plot",
+    ]
+    assert kinds.count("attention_map") == len(CLASSES)
+    with np.load(artifacts / "attention.npz", allow_pickle=False) as z:
+        assert z["cls_attention"].shape == (len(CLASSES), 12, 3, 1 + 9)
+        np.testing.assert_allclose(z["cls_attention"].sum(-1), 1, rtol=1e-5)
+        assert z["rollout"].shape == (len(CLASSES), 3, 3) and z["grid"].tolist() == [3, 3]
+        assert z["labels"].tolist() == [0, 1, 2, 3] and z["class_names"].tolist() == CLASSES
+        assert z["images"].shape == (len(CLASSES), 3, 32, 32) and z["images"].dtype == np.uint8
+    rows = read_csv(artifacts / "vit_weight_norms.csv")
+    assert len(rows) == 2 * 48 and rows[0]["layer"] == "blocks.0.attn.qkv"
+    assert all(blk.attn.fused_attn for blk in model.net.blocks)  # training stays on the fused path
+    assert no_hooks(model.net)
+
+
+def test_without_fit_start_is_exported_at_test_start(tmp_path):
+    model, dm = FakeModule(small_convnet(), 32), FakeData()
+    trainer([KernelNormExport(str(tmp_path))]).test(model, datamodule=dm, verbose=False)
+    rows = read_csv(tmp_path / "artifacts" / "kernel_norms.csv")
+    assert [(r["phase"], r["layer"]) for r in rows] == [("start", "0"), ("start", "2"), ("end", "0"), ("end", "2")]
+
+
+def test_every_n_epochs(tmp_path):
+    model, dm = FakeModule(small_convnet(), 32), FakeData()
+    t = trainer([KernelNormExport(str(tmp_path), at_start=False, every_n_epochs=1)])
+    t.fit(model, datamodule=dm)
+    t.test(model, datamodule=dm, verbose=False)
+    rows = read_csv(tmp_path / "artifacts" / "kernel_norms.csv")
+    assert [(r["phase"], r["epoch"]) for r in rows[::2]] == [("epoch1", "1"), ("epoch2", "2"), ("end", "2")]
+
+
+def test_only_global_rank_zero_writes(tmp_path):
+    callback = KernelNormExport(str(tmp_path))
+    rank1 = SimpleNamespace(is_global_zero=False, current_epoch=0)
+    callback.on_fit_start(rank1, FakeModule(small_convnet(), 32))
+    callback.on_test_end(rank1, FakeModule(small_convnet(), 32))
+    assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.parametrize(
+    "fragment,expected",
+    [
+        (
+            "resnet_exports",
+            {"kernel_norms": KernelNormExport, "kernel_images": KernelImageExport, "feature_maps": FeatureMapExport},
+        ),
+        ("vit_exports", {"attention": AttentionExport, "vit_weight_norms": ViTWeightNormExport}),
+    ],
+)
+def test_config_fragments_instantiate(tmp_path, fragment, expected):
+    cfg = OmegaConf.create(
+        {
+            "paths": {"output_dir": str(tmp_path)},
+            "viz": {"image_class": "ship", "image_path": None},
+            "callbacks": OmegaConf.load(CONFIGS / f"{fragment}.yaml"),
+        }
+    )
+    callbacks = {name: instantiate(node) for name, node in cfg.callbacks.items()}
+    assert {name: type(cb) for name, cb in callbacks.items()} == expected
+    assert all(cb.artifacts_dir == tmp_path / "artifacts" for cb in callbacks.values())
+    if "feature_maps" in callbacks:
+        assert callbacks["feature_maps"].image_class == "ship"

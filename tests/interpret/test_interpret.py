@@ -1,0 +1,292 @@
+"""Interpretability functions (no Lightning), each checked against an independent computation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+from gnr650.interpret import attention as attn_lib
+from gnr650.interpret import features, index, kernels
+from tests.helpers import no_hooks
+
+RESNET18_CONVS = ["conv1"] + [
+    f"layer{s}.{b}.{c}"
+    for s in range(1, 5)
+    for b in range(2)
+    for c in (["conv1", "conv2"] + (["downsample.0"] if s > 1 and b == 0 else []))
+]
+
+
+def resnet18(stem: str = "imagenet") -> nn.Module:
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10)
+    if stem == "cifar":
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = nn.Identity()
+    return net
+
+
+def vit(img_size=64) -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=img_size)
+
+
+# --- weight norms -----------------------------------------------------------------------------
+
+
+def test_kernel_norms_match_recomputation_from_saved_state_dict(tmp_path):
+    net = resnet18()
+    with torch.no_grad():  # break the init's symmetry between kernels and input channels
+        for p in net.parameters():
+            p.mul_(torch.rand_like(p) * 2)
+    layers = kernels.conv_layers(net)
+    rows = kernels.norm_summary(kernels.unit_norms(layers), {n: tuple(m.weight.shape) for n, m in layers}, "end", 3)
+    kernels.write_norms_csv(tmp_path / "kernel_norms.csv", rows)
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+
+    state = torch.load(tmp_path / "net.pt")
+    expected = {
+        k.removesuffix(".weight"): v.numpy().astype(np.float64)
+        for k, v in state.items()
+        if k.endswith(".weight") and v.ndim == 4
+    }
+    with open(tmp_path / "kernel_norms.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["layer"] for r in table] == list(expected) == RESNET18_CONVS
+    for r in table:
+        w = expected[r["layer"]]
+        norms = np.sqrt((w.reshape(w.shape[0], -1) ** 2).sum(axis=1))
+        assert int(r["units"]) == w.shape[0] and r["shape"] == "x".join(map(str, w.shape))
+        for stat, value in (("mean", norms.mean()), ("std", norms.std()), ("min", norms.min()), ("max", norms.max())):
+            assert float(r[stat]) == pytest.approx(value, rel=1e-5), (r["layer"], stat)
+        assert (r["phase"], r["epoch"]) == ("end", "3")
+
+
+def test_vit_linear_norms_are_row_norms_of_every_block():
+    net = vit()
+    layers = kernels.vit_linear_layers(net)
+    assert [n for n, _ in layers] == [f"blocks.{i}.{s}" for i in range(12) for s in kernels.VIT_LINEARS]
+    norms = kernels.unit_norms(layers)
+    w = net.blocks[3].mlp.fc1.weight.detach().numpy().astype(np.float64)
+    np.testing.assert_allclose(norms["blocks.3.mlp.fc1"].numpy(), np.sqrt((w**2).sum(axis=1)), rtol=1e-5)
+
+
+def test_kernel_grids_are_normalised_per_kernel():
+    net = resnet18()
+    assert kernels.default_kernel_layers(net) == [
+        "conv1",
+        "layer1.0.conv1",
+        "layer2.0.conv1",
+        "layer3.0.conv1",
+        "layer4.0.conv1",
+    ]
+    rgb, is_rgb = kernels.kernel_grid(net.conv1.weight, num_kernels=16)
+    assert is_rgb and rgb.shape == (3, 4 * 8 + 1, 4 * 8 + 1)  # 16 tiles of 7x7, 4 per row, padding 1
+    tile = rgb[:, 1:8, 1:8]
+    assert tile.min() == 0 and tile.max() == pytest.approx(1)
+    grey, is_rgb = kernels.kernel_grid(net.layer2[0].conv1.weight, num_kernels=9)
+    assert not is_rgb and grey.shape == (3 * 4 + 1, 3 * 4 + 1)
+    w = net.layer2[0].conv1.weight.detach()[0].mean(0)
+    torch.testing.assert_close(grey[1:4, 1:4], w / w.abs().max())
+    chosen, _ = kernels.kernel_grid(net.layer2[0].conv1.weight, num_kernels=2, channel=5)
+    w = net.layer2[0].conv1.weight.detach()[0, 5]
+    torch.testing.assert_close(chosen[1:4, 1:4], w / w.abs().max())
+
+
+# --- feature maps -----------------------------------------------------------------------------
+
+
+def stage_shapes_by_hand(net: nn.Module, x: torch.Tensor) -> dict[str, tuple]:
+    with torch.no_grad():
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        shapes = {"stem": tuple(x.shape)}
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            x = getattr(net, name)(x)
+            shapes[name] = tuple(x.shape)
+    return shapes
+
+
+@pytest.mark.parametrize(
+    "stem,size,spatial",
+    [
+        ("imagenet", 32, [8, 8, 4, 2, 1]),
+        ("imagenet", 224, [56, 56, 28, 14, 7]),
+        ("cifar", 32, [32, 32, 16, 8, 4]),
+    ],
+)
+def test_feature_map_shapes_per_stage(stem, size, spatial):
+    net = resnet18(stem).train()
+    x = torch.randn(1, 3, size, size)
+    maps = features.feature_maps(net, x, features.default_stages(net))
+    assert list(maps) == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert {k: tuple(v.shape) for k, v in maps.items()} == stage_shapes_by_hand(net.eval(), x)
+    assert [v.shape[-1] for v in maps.values()] == spatial
+    assert [v.shape[1] for v in maps.values()] == [64, 64, 128, 256, 512]
+    assert no_hooks(net)
+
+
+def test_extraction_restores_each_modules_training_flag():
+    net = resnet18().train()
+    net.layer1.eval()  # e.g. a frozen part kept in eval mode by the fine-tuning strategy
+    features.feature_maps(net, torch.randn(1, 3, 32, 32), features.default_stages(net))
+    assert net.training and not net.layer1.training and not net.layer1[0].bn1.training and net.layer2.training
+
+
+def test_channel_grid_tiles_first_channels():
+    fmap = torch.randn(64, 8, 8)
+    grid = features.channel_grid(fmap, num_channels=16)
+    assert grid.shape == (4 * 9 + 1, 4 * 9 + 1)
+    assert grid[1:9, 1:9].min() == 0 and grid[1:9, 1:9].max() == 1
+    one_by_one = features.channel_grid(torch.arange(16.0).view(16, 1, 1), num_channels=4)
+    assert one_by_one[1, 1] == 0 and one_by_one[3, 3] == 1  # 1x1 maps: scaled across channels, not to 0
+
+
+def test_pick_image_by_class_name_by_path_and_fallback(tmp_path, caplog):
+    images = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 3, 4, 4)
+    labels = torch.tensor([0, 2, 1, 2, 1])
+    names = ["cat", "dog", "horse"]
+    img, caption = features.pick_image(images, labels, names, "horse")
+    assert img[0, 0, 0] == 1 and caption == "horse #1"
+    img, caption = features.pick_image(images, labels, names, "zebra")
+    assert img[0, 0, 0] == 0 and caption == "cat #0" and "zebra" in caplog.text
+    Image.fromarray(np.full((6, 7, 3), 9, np.uint8)).save(tmp_path / "x.png")
+    img, caption = features.pick_image(images, labels, names, "horse", str(tmp_path / "x.png"))
+    assert img.shape == (3, 6, 7) and img.dtype == torch.uint8 and caption == "x.png"
+
+
+# --- attention --------------------------------------------------------------------------------
+
+
+def test_attention_rows_sum_to_one_and_match_the_model():
+    net = vit(64)
+    attn, names = attn_lib.extract_attention(net, torch.randn(2, 3, 64, 64))
+    assert names == [f"blocks.{i}.attn" for i in range(len(net.blocks))]
+    assert attn.shape == (2, len(net.blocks), net.blocks[0].attn.num_heads, 1 + 16, 1 + 16)
+    torch.testing.assert_close(attn.sum(dim=-1), torch.ones(attn.shape[:-1]))
+    assert (attn >= 0).all()
+
+
+def test_extraction_works_with_fused_attention_on_and_leaves_the_model_as_it_was():
+    net = vit(64).train()
+    for blk in net.blocks:
+        blk.attn.fused_attn = True
+    attn, _ = attn_lib.extract_attention(net, torch.randn(1, 3, 64, 64))
+    assert attn.numel() > 0 and attn.abs().sum() > 0
+    assert all(blk.attn.fused_attn for blk in net.blocks)
+    assert net.training and all(m.training for m in net.modules())
+    assert no_hooks(net)
+
+
+def test_attention_equals_a_recomputation_from_the_layer_input():
+    net = vit(64)
+    inputs = []
+    handle = net.blocks[2].attn.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
+    attn, _ = attn_lib.extract_attention(net, torch.randn(2, 3, 64, 64))
+    handle.remove()
+    a = net.blocks[2].attn
+    b, t, _ = inputs[0].shape
+    with torch.no_grad():
+        q, k, _ = a.qkv(inputs[0]).reshape(b, t, 3, a.num_heads, -1).permute(2, 0, 3, 1, 4)
+        expected = (q @ k.transpose(-2, -1) * a.head_dim**-0.5).softmax(dim=-1)
+    torch.testing.assert_close(attn[:, 2], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_silent_empty_extraction_is_an_error(monkeypatch):
+    @contextmanager
+    def leave_fused_on(modules):
+        yield
+
+    monkeypatch.setattr(attn_lib, "unfused", leave_fused_on)
+    net = vit(32)
+    with pytest.raises(RuntimeError, match="no attention weights captured"):
+        attn_lib.extract_attention(net, torch.randn(1, 3, 32, 32))
+    assert no_hooks(net)
+
+
+@pytest.mark.parametrize("img_size,grid", [(32, (2, 2)), (64, (4, 4)), ((48, 80), (3, 5))])
+def test_grid_comes_from_the_model(img_size, grid):
+    net = vit(img_size)
+    h, w = img_size if isinstance(img_size, tuple) else (img_size, img_size)
+    attn, _ = attn_lib.extract_attention(net, torch.randn(2, 3, h, w))
+    assert attn_lib.patch_grid(net) == grid
+    assert attn_lib.patch_maps(attn_lib.cls_attention(attn), net.num_prefix_tokens, grid).shape == (2, 12, 3, *grid)
+    rollout = attn_lib.attention_rollout(attn, net.num_prefix_tokens, grid)
+    assert rollout.shape == (2, *grid)
+    torch.testing.assert_close(rollout.sum(dim=(1, 2)), torch.ones(2))
+
+
+def numpy_rollout(attn: np.ndarray, prefix: int) -> np.ndarray:
+    out = []
+    for sample in attn:  # [L, H, T, T]
+        r = np.eye(sample.shape[-1])
+        for layer in sample:
+            a = layer.mean(axis=0) + np.eye(layer.shape[-1])
+            r = (a / a.sum(axis=-1, keepdims=True)) @ r
+        row = r[0, prefix:]
+        out.append(row / row.sum())
+    return np.stack(out)
+
+
+def test_rollout_matches_abnar_zuidema_reference():
+    torch.manual_seed(0)
+    attn = torch.rand(3, 4, 2, 2 + 6, 2 + 6).pow(3)
+    attn = attn / attn.sum(dim=-1, keepdim=True)
+    rollout = attn_lib.attention_rollout(attn, num_prefix_tokens=2, grid=(2, 3))
+    np.testing.assert_allclose(rollout.reshape(3, 6).numpy(), numpy_rollout(attn.double().numpy(), 2), rtol=1e-5)
+
+
+def test_images_per_class_is_seeded_and_covers_every_class():
+    labels = torch.randint(0, 5, (200,), generator=torch.Generator().manual_seed(1))
+    idx = attn_lib.images_per_class(labels, 5, per_class=2, seed=3)
+    assert labels[idx].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert torch.equal(idx, attn_lib.images_per_class(labels, 5, per_class=2, seed=3))
+    assert not torch.equal(idx, attn_lib.images_per_class(labels, 5, per_class=2, seed=4))
+
+
+def test_attention_npz_format(tmp_path):
+    net = vit(32)
+    images = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    attn, names = attn_lib.extract_attention(net, images.float() / 255)
+    rollout = attn_lib.attention_rollout(attn, 1, (2, 2))
+    attn_lib.save_attention_npz(
+        tmp_path / "a.npz", attn, rollout, (2, 2), 1, torch.tensor([0, 1, 2]), ["a", "b", "c", "d"], images, names
+    )
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as z:
+        assert z["cls_attention"].dtype == np.float32 and z["cls_attention"].shape == (3, 12, 3, 5)
+        np.testing.assert_allclose(z["cls_attention"].sum(-1), 1, rtol=1e-5)
+        assert z["rollout"].dtype == np.float32 and z["rollout"].shape == (3, 2, 2)
+        assert z["grid"].tolist() == [2, 2] and int(z["num_prefix_tokens"]) == 1
+        assert z["labels"].dtype == np.int64 and z["class_names"].tolist() == ["a", "b", "c", "d"]
+        assert z["images"].dtype == np.uint8 and z["images"].shape == (3, 3, 32, 32)
+        assert z["layer_names"].tolist() == names
+
+
+# --- index ------------------------------------------------------------------------------------
+
+
+def test_index_appends_replaces_rewritten_paths_and_leaves_no_temp_files(tmp_path):
+    index.append_to_index(
+        tmp_path,
+        [
+            index.entry("kernel_norms_csv", "kernel_norms.csv", None, 0),
+            index.entry("kernel_grid", "kernels/start/conv1.png", "conv1", 0),
+        ],
+    )
+    index.append_to_index(tmp_path, [index.entry("kernel_norms_csv", "kernel_norms.csv", None, 5)])
+    entries = json.loads((tmp_path / "index.json").read_text())
+    assert entries == [
+        {"kind": "kernel_grid", "path": "kernels/start/conv1.png", "layer": "conv1", "epoch": 0},
+        {"kind": "kernel_norms_csv", "path": "kernel_norms.csv", "layer": None, "epoch": 5},
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["index.json"]
+    with pytest.raises(ValueError):
+        index.entry("x", tmp_path / "abs.png")

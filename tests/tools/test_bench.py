@@ -1,0 +1,44 @@
+"""gnr650-bench on a tiny synthetic config: it runs both loops, prints the numbers and writes the markdown."""
+
+import re
+
+import pytest
+
+from gnr650.tools.bench import _epochs, main, write_markdown
+
+TINY = ["debug=smoke", "model=resnet18", "batch_size=32", "trainer.enable_progress_bar=false"]
+
+
+@pytest.mark.parametrize("mode", ["epoch", "run"])
+def test_bench_prints_both_loops_and_the_ratio(mode, tmp_path, capsys):
+    out = tmp_path / "docs" / "benchmarks.md"
+    assert (
+        main(TINY + ["trainer.max_epochs=2", "--mode", mode, "--epochs", "2", "--repeats", "1", "--out", str(out)]) == 0
+    )
+    text = capsys.readouterr().out
+    for name in ("framework (train.py)", "plain PyTorch loop"):
+        row = next(line for line in text.splitlines() if line.startswith(name))
+        images_s, _, epoch_s, _, total_s, _ = map(float, row[len(name) :].split()[:6])
+        assert images_s > 0 and 0 < epoch_s < total_s
+    for kind in ("best-of", "medians"):
+        ratio = re.search(kind + r".*: epoch time ([\d.]+), images/s ([\d.]+), whole run ([\d.]+)", text)
+        assert ratio and all(float(x) > 0 for x in ratio.groups())
+    md = out.read_text()
+    assert md.startswith("# Benchmarks") and f"--mode {mode}" in md and "| plain PyTorch loop |" in md
+    assert "machine: " in md and "**ratio framework/plain, best-of" in md
+    # The section is named by the measurement, not by where it was recorded (re-recording elsewhere replaces it).
+    assert f"## `gnr650-bench {' '.join(TINY)} trainer.max_epochs=2 --mode {mode}" in md and "--out" not in md
+
+
+def test_markdown_sections_are_replaced_by_command(tmp_path):
+    path = tmp_path / "b.md"
+    write_markdown(path, "## `gnr650-bench a`\n\nALPHA\n")
+    write_markdown(path, "## `gnr650-bench b`\n\nBETA\n")
+    write_markdown(path, "## `gnr650-bench a`\n\nGAMMA\n")
+    text = path.read_text()
+    assert text.count("## `gnr650-bench a`") == 1 and "GAMMA" in text and "ALPHA" not in text and "BETA" in text
+
+
+def test_epoch_marks_to_epoch_and_training_times():
+    marks = [("epoch", 0.0), ("val", 1.0), ("epoch", 1.5), ("val", 2.5), ("end", 3.2)]
+    assert _epochs(marks) == ([1.5, pytest.approx(1.7)], [1.0, 1.0])

@@ -1,0 +1,61 @@
+"""The shared optimizer: parameter groups by head/backbone and decay, warm-up then cosine per step."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from gnr650.training.optim import adamw_warmup_cosine
+
+HP = SimpleNamespace(
+    lr_head=1e-2, lr_backbone=1e-4, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=1.0, min_lr_ratio=0.1
+)
+
+
+def _net() -> nn.Module:
+    net = nn.Sequential()
+    net.add_module("body", nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)))
+    net.add_module("frozen", nn.Linear(4, 4))
+    net.add_module("head", nn.Linear(4, 2))
+    net.frozen.requires_grad_(False)
+    return net
+
+
+def test_groups_split_head_and_backbone_and_exempt_biases_and_norms_from_decay():
+    net = _net()
+    optimizer, _ = adamw_warmup_cosine(net, ["head"], HP, total_steps=100, epochs=10, device=torch.device("cpu"))
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
+    ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
+    assert ids["head"] == {id(net.head.weight)} and ids["head_no_decay"] == {id(net.head.bias)}
+    assert ids["backbone"] == {id(net.body[0].weight)}
+    assert ids["backbone_no_decay"] == {id(net.body[0].bias), id(net.body[1].weight), id(net.body[1].bias)}
+    assert all(id(p) not in set().union(*ids.values()) for p in net.frozen.parameters())
+    assert groups["head"]["initial_lr"] == HP.lr_head and groups["backbone"]["initial_lr"] == HP.lr_backbone
+    assert groups["head"]["weight_decay"] == HP.weight_decay and groups["head_no_decay"]["weight_decay"] == 0.0
+
+
+def test_schedule_warms_up_for_one_epoch_then_decays_by_cosine_to_the_floor():
+    optimizer, schedule = adamw_warmup_cosine(
+        _net(), ["head"], HP, total_steps=100, epochs=10, device=torch.device("cpu")
+    )
+    factors = []
+    for _ in range(100):
+        factors.append(optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["initial_lr"])
+        optimizer.step()
+        schedule.step()
+    warmup = 10  # one of ten epochs of 100 steps
+    assert factors[:warmup] == pytest.approx([(s + 1) / (warmup + 1) for s in range(warmup)])
+    assert factors[warmup] == pytest.approx(1.0)
+    mid = warmup + (100 - warmup) // 2
+    assert factors[mid] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a >= b for a, b in zip(factors[warmup:], factors[warmup + 1 :]))
+    assert factors[-1] > 0.1
+
+
+def test_nothing_trainable_is_refused():
+    net = _net().requires_grad_(False)
+    with pytest.raises(RuntimeError, match="finetune=frozen"):
+        adamw_warmup_cosine(net, ["head"], HP, total_steps=10, epochs=1, device=torch.device("cpu"))
