@@ -86,7 +86,7 @@ class LastCheckpoint(Checkpoint):
         self._previous = {}
 
     def _save(self, trainer: pl.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # full state: what resume continues from
         self._saved_at = time.monotonic()
         self.last_model_path = str(self.path)
         if self.received is not None:
