@@ -27,7 +27,6 @@ from gnr650.runs import (
     versions,
     write_results,
 )
-from gnr650.runs.preflight import check_override_types
 from gnr650.training import ClassificationModule, DevicePreprocess, use_channels_last
 
 log = logging.getLogger(__name__)
@@ -205,7 +204,6 @@ def hydra_task(cfg: DictConfig) -> float | None:
     (Ctrl-C, SIGTERM) does stop the sweep. ``skip_done=true``: a job whose results.json completed
     with the same overrides is not trained again.
     """
-    check_override_types(cfg)
     done = completed_results(Path(cfg.paths.output_dir), _overrides()) if cfg.get("skip_done") else None
     if done is not None:
         log.info("skip_done: %s already completed; not training it again.", cfg.paths.output_dir)

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -29,9 +28,9 @@ from gnr650.data.folders import DataNotFoundError
 from gnr650.data.images import ImageDecodeError
 from gnr650.finetune.strategies import StrategyError
 from gnr650.models import WeightsError, build_resnet18, build_vit
-from gnr650.runs.preflight import PreflightError, check_override_types
+from gnr650.runs.preflight import PreflightError
 from gnr650.train import train
-from tests.helpers import CONFIG_DIR, ROOT, RunsCodeWhenUnpickled, make_cfg, write_image
+from tests.helpers import ROOT, RunsCodeWhenUnpickled, make_cfg, write_image
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -184,38 +183,46 @@ def test_unicode_class_folders_train_end_to_end(tmp_path):
     assert set(saved["per_class"]["test"]) == set(classes) == set(results["per_class"]["test"])
 
 
-def test_string_where_a_number_is_expected_is_refused_before_any_work(tmp_path):
-    overrides = [
-        "dataset=synthetic",
-        "dataset.per_class=abc",
-        "optimizer.lr_head=fast",
-        "trainer.max_epochs=2.5",
-        "optimizer.lr_backbone=1",
-        "seed=3",
-    ]  # the last two are fine: an int where a float is expected
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with pytest.raises(PreflightError) as err:
-            check_override_types(cfg)
-    message = str(err.value)
-    assert "dataset.per_class='abc' should be a number (default 16)" in message
-    assert "optimizer.lr_head='fast' should be a number" in message
-    assert "trainer.max_epochs=2.5 should be a whole number" in message
-    assert "lr_backbone" not in message and "seed" not in message
-    with pytest.raises(ValueError, match=r"dataset.per_class must be a positive integer \(got abc\)"):
-        SyntheticDataModule(per_class="abc")  # the same without Hydra (train(cfg) from Python)
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("batch_size=abc", "Value 'abc' of type 'str' could not be converted to Integer\n    full_key: batch_size"),
+        (
+            "finetune.train_head=maybe",
+            "Value 'maybe' is not a valid bool (type str)\n    full_key: finetune.train_head",
+        ),
+        ("optimizer.lr_haed=1", "Key 'lr_haed' not in 'OptimizerSchema'\n    full_key: optimizer.lr_haed"),
+        ("finetune.cache_max_gb=lots", "could not be converted to Float\n    full_key: finetune.cache_max_gb"),
+    ],
+)
+def test_wrong_type_or_unknown_key_is_refused_at_composition(override, message, tmp_path):
+    """The schemas (gnr650/config/schema.py) refuse it when Hydra composes, naming the key."""
+    with pytest.raises(ConfigCompositionException) as err:
+        make_cfg(["debug=smoke", override], tmp_path)
+    assert message in str(err.value.__cause__)
 
-    # The command line: a clear message and no run started.
+
+def test_wrong_type_on_the_command_line_starts_no_run(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "debug=smoke", "dataset.per_class=abc", f"paths.root_dir={tmp_path}"],
+        [sys.executable, str(ROOT / "train.py"), "debug=smoke", "optimizer.lr_head=fast", f"paths.root_dir={tmp_path}"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0 and "dataset.per_class='abc' should be a number" in proc.stderr
-    assert not list(tmp_path.rglob("results.json"))
+    message = "Value 'fast' of type 'str' could not be converted to Float\n    full_key: optimizer.lr_head"
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists() and not list(tmp_path.rglob("results.json"))
+
+
+def test_numbers_of_the_other_kind_are_accepted(tmp_path):
+    """An int where a float is expected is fine; the schema converts it."""
+    cfg = make_cfg(["optimizer.lr_backbone=1", "finetune.cache_max_gb=2", "seed=3"], tmp_path)
+    assert (cfg.optimizer.lr_backbone, cfg.finetune.cache_max_gb, cfg.seed) == (1.0, 2.0, 3)
+    assert isinstance(cfg.optimizer.lr_backbone, float)
+    # The dataset group has no schema: its constructor checks its values.
+    with pytest.raises(ValueError, match=r"dataset.per_class must be a positive integer \(got abc\)"):
+        SyntheticDataModule(per_class="abc")
 
 
 @pytest.mark.parametrize("value", [0, -5])

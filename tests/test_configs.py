@@ -1,13 +1,17 @@
-"""Every dataset x model x finetune combination composes and builds, with the strategy's parameters trainable."""
+"""Every dataset x model x finetune combination composes and builds, with the strategy's parameters trainable;
+shared keys come from one place."""
 
 import itertools
+from pathlib import Path
 
 import pytest
+import yaml
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 
 from gnr650.finetune.strategies import count_params
 from gnr650.train import build
-from tests.helpers import make_cfg, tiny_overrides
+from tests.helpers import CONFIG_DIR, make_cfg, tiny_overrides
 
 DATASETS = ["cifar10-subset", "eurosat", "imagefolder", "synthetic"]
 MODELS = ["resnet18", "vit_b16", "vit_ti16"]
@@ -57,3 +61,38 @@ def test_data_dir_follows_environment(tmp_path, monkeypatch):
     cfg = make_cfg([], tmp_path)
     assert cfg.paths.data_dir == str(tmp_path / "somewhere")
     assert cfg.model.weights_dir == str(tmp_path / "weights")
+
+
+def _own_keys(path: Path) -> dict:
+    """The keys a config file sets itself (its defaults list aside)."""
+    data = yaml.safe_load(path.read_text())
+    data.pop("defaults", None)
+    return data
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_dataset_options_share_their_loader_keys_from_one_base(dataset, tmp_path):
+    cfg = make_cfg([f"dataset={dataset}", "batch_size=7", "eval_batch_size=9", "seed=5"], tmp_path)
+    composed = OmegaConf.to_container(cfg.dataset, resolve=False)
+    own, base = _own_keys(CONFIG_DIR / "dataset" / f"{dataset}.yaml"), _own_keys(CONFIG_DIR / "base" / "dataset.yaml")
+    assert composed == {**base, **own}
+    assert set(base) == {"augment", "crop_padding", "batch_size", "eval_batch_size", "seed", "cache_dir"}
+    resolved = cfg.dataset
+    assert (resolved.batch_size, resolved.eval_batch_size, resolved.seed) == (7, 9, 5)
+    assert resolved.cache_dir == cfg.paths.cache_dir and resolved.crop_padding == 4
+    assert resolved.augment is (dataset == "cifar10-subset")
+
+
+@pytest.mark.parametrize(
+    "finetune,train_blocks,train_head",
+    [("last", 0, True), ("top4", 4, True), ("full", "all", True), ("frozen", 0, False)],
+)
+def test_finetune_options_take_the_cache_settings_from_the_schema(finetune, train_blocks, train_head, tmp_path):
+    composed = OmegaConf.to_container(make_cfg([f"finetune={finetune}"], tmp_path).finetune)
+    assert composed == {
+        "name": finetune,
+        "train_blocks": train_blocks,
+        "train_head": train_head,
+        "cache_features": "auto",
+        "cache_max_gb": 16.0,
+    }

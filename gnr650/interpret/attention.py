@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from gnr650.finetune.strategies import evaluating
-from gnr650.interpret.features import capture_outputs
 
 
 def attention_layers(net: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -34,6 +33,24 @@ def patch_grid(net: nn.Module) -> tuple[int, int]:
     """Patch grid (rows, cols) of the model, from its patch embedding (any patch size / img_size)."""
     grid = tuple(int(g) for g in net.patch_embed.grid_size)
     return grid[0], grid[1]
+
+
+@contextmanager
+def capture_outputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record each module's output (one tensor per call) while the block runs; hooks removed after.
+
+    Our own hooks: timm's ``AttentionExtract`` leaves its hooks on the model and switches it to eval for good.
+    """
+    outputs: dict[str, list[torch.Tensor]] = {label: [] for label in modules}
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out, label=label: outputs[label].append(out.detach()))
+        for label, m in modules.items()
+    ]
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @contextmanager

@@ -1,39 +1,24 @@
-"""Forward-pass capture (feature maps) and the choice of the image to show them on.
+"""Feature maps (torchvision's ``create_feature_extractor``) and the choice of the image to show them on.
 
-Hooks live only inside ``capture_outputs``; the net runs in eval mode under ``no_grad`` and every
-module's train/eval flag is put back afterwards, so extraction can run mid-training.
+The extractor is an FX-traced copy of the graph that shares the net's modules: nothing is attached to the net
+(no hooks); it runs in eval mode under ``no_grad`` and every module's train/eval flag is put back afterwards, so
+extraction can run mid-training.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.utils import make_grid
 
 from gnr650.data.images import decode_image
 from gnr650.finetune.strategies import evaluating
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def capture_outputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """Record each module's output (one tensor per call) while the block runs; hooks removed after."""
-    outputs: dict[str, list[torch.Tensor]] = {label: [] for label in modules}
-    handles = [
-        m.register_forward_hook(lambda _m, _i, out, label=label: outputs[label].append(out.detach()))
-        for label, m in modules.items()
-    ]
-    try:
-        yield outputs
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def default_stages(net: nn.Module) -> dict[str, str]:
@@ -48,11 +33,15 @@ def default_stages(net: nn.Module) -> dict[str, str]:
 
 
 def feature_maps(net: nn.Module, x: torch.Tensor, stages: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Activations of the named modules for input ``x`` [N, C, H, W] (already preprocessed)."""
-    modules = dict(net.named_modules())
-    with evaluating(net), capture_outputs({label: modules[name] for label, name in stages.items()}) as out:
-        net(x)
-    return {label: maps[0].float().cpu() for label, maps in out.items()}
+    """Outputs of the named modules (label -> module name) for input ``x`` [N, C, H, W] (already preprocessed).
+
+    The net must be traceable by ``torch.fx`` (torchvision's ResNets are; an Identity module, as ``maxpool`` in
+    the CIFAR stem, is a leaf and keeps its name).
+    """
+    with evaluating(net):  # the extractor is traced in the net's mode, and its modules are the net's own
+        extractor = create_feature_extractor(net, return_nodes={name: label for label, name in stages.items()})
+        out = extractor(x)
+    return {label: out[label].float().cpu() for label in stages}
 
 
 def channel_grid(fmap: torch.Tensor, num_channels: int = 16) -> torch.Tensor:

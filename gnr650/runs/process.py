@@ -1,9 +1,11 @@
-"""What an entry point sets up once per process: Hydra resolvers and the filters for warnings that are by design."""
+"""What an entry point sets up once per process: Hydra resolvers, the config schemas and the filters for warnings
+that are by design."""
 
 from __future__ import annotations
 
 import warnings
 
+from gnr650.config import register_schemas
 from gnr650.runs.resume import register_resolvers
 
 # Lightning warnings about choices made on purpose, with the reason each is expected here.
@@ -20,5 +22,6 @@ INTENTIONAL_WARNINGS = (
 def prepare_process() -> None:
     """Called by train.py, eval.py, the console scripts and the tests' conftest, before any config is composed."""
     register_resolvers()
+    register_schemas()
     for message in INTENTIONAL_WARNINGS:
         warnings.filterwarnings("ignore", message=message)

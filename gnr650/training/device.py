@@ -13,6 +13,8 @@ def on_gpu(accelerator: str) -> bool:
 
 def use_channels_last(setting: bool | str, accelerator: str, net: nn.Module) -> bool:
     """``channels_last: auto``: for conv nets (most weights in convolutions) on a GPU, where it is faster."""
+    if setting not in ("auto", True, False):
+        raise ValueError(f"channels_last must be auto, true or false (got {setting!r}).")
     if setting != "auto":
         return bool(setting)
     conv = sum(m.weight.numel() for m in net.modules() if isinstance(m, nn.Conv2d))

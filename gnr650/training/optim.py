@@ -52,4 +52,7 @@ def adamw_warmup_cosine(
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
+    # Not SequentialLR(LinearLR, CosineAnnealingLR): it matches this to 2e-13 (relative) only with min_lr_ratio=0, as
+    # CosineAnnealingLR's eta_min is one absolute lr for all groups (backbone floor 99x off at lr_head/lr_backbone=100)
+    # and it rises again after T_max, where this stays at the floor.
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

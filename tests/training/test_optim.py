@@ -55,6 +55,30 @@ def test_schedule_warms_up_for_one_epoch_then_decays_by_cosine_to_the_floor():
     assert factors[-1] > 0.1
 
 
+@pytest.mark.parametrize(
+    "warmup_epochs,epochs,total_steps,min_lr_ratio",
+    [(1.0, 10, 100, 0.1), (0.0, 10, 100, 0.0), (0.0, 1, 1, 0.0), (1.0, 1, 2, 0.5), (1.0, 2, 3, 0.1), (2.0, 3, 7, 0.0)],
+)
+def test_schedule_is_the_closed_form_at_every_step_for_every_group(warmup_epochs, epochs, total_steps, min_lr_ratio):
+    """Linear warm-up (step + 1) / (warmup + 1), then cosine from 1 to min_lr_ratio, then the floor: per group,
+    relative to its own learning rate (head 1e-2, backbone 1e-4), also with no warm-up and very few steps."""
+    hp = SimpleNamespace(**{**vars(HP), "warmup_epochs": warmup_epochs, "min_lr_ratio": min_lr_ratio})
+    optimizer, schedule = adamw_warmup_cosine(
+        _net(), ["head"], hp, total_steps=total_steps, epochs=epochs, device=torch.device("cpu")
+    )
+    warmup = round(warmup_epochs * total_steps / epochs)
+    for step in range(total_steps + 3):  # three steps past the end: stays at the floor
+        if step < warmup:
+            expected = (step + 1) / (warmup + 1)
+        else:
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            expected = min_lr_ratio + (1 - min_lr_ratio) * (1 + math.cos(math.pi * progress)) / 2
+        for group in optimizer.param_groups:
+            assert group["lr"] == pytest.approx(group["initial_lr"] * expected, rel=1e-12, abs=1e-30), (step, group)
+        optimizer.step()
+        schedule.step()
+
+
 def test_nothing_trainable_is_refused():
     net = _net().requires_grad_(False)
     with pytest.raises(RuntimeError, match="finetune=frozen"):

@@ -1,0 +1,97 @@
+"""Structured-config schemas (Hydra 1.3): a wrong type (``batch_size=abc``) or an unknown key
+(``optimizer.lr_haed=1``) fails when Hydra composes the config, with Hydra's message naming the key.
+
+The values and their comments stay in the YAML files; the schemas give the types (``MISSING`` = set
+by the YAML). configs/train.yaml lists ``base_train`` first in its defaults, and every
+configs/finetune/*.yaml lists ``/schema/finetune@_here_``. The groups built by ``_target_``
+(dataset, model, trainer, callbacks, logger) have no schema: their constructors' signatures check them.
+Values that are one of several types (``train_blocks``: int or ``all``) are ``Any`` here, because
+OmegaConf 2.3 has no unions; the code that reads them checks what they mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class FinetuneSchema:
+    """configs/finetune/*.yaml: what trains (gnr650/finetune/strategies.py)."""
+
+    name: str = MISSING
+    train_blocks: Any = MISSING  # "all" or the number of last blocks to train (checked by trainable_modules)
+    train_head: bool = MISSING
+    # Frozen-prefix feature caching (gnr650/finetune/feature_cache.py): auto = on where exact (no augmentation,
+    # something frozen before the first trainable block), true = refuse the run where not, false = off.
+    cache_features: Any = "auto"
+    cache_max_gb: float = 16.0
+
+
+@dataclass
+class OptimizerSchema:
+    """The ``optimizer`` node: AdamW and its warm-up + cosine schedule (gnr650/training/optim.py)."""
+
+    lr_head: float = MISSING
+    lr_backbone: float = MISSING
+    weight_decay: float = MISSING
+    betas: list[float] = MISSING
+    warmup_epochs: float = MISSING
+    min_lr_ratio: float = MISSING
+    label_smoothing: float = MISSING
+
+
+@dataclass
+class PathsSchema:
+    """configs/paths/default.yaml."""
+
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    weights_dir: str | None = MISSING
+    cache_dir: str | None = MISSING
+    log_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class VizSchema:
+    """Inputs of the interpretability exports."""
+
+    image_class: str | None = MISSING
+    image_path: str | None = MISSING
+
+
+@dataclass
+class TrainSchema:
+    """The root of configs/train.yaml."""
+
+    task_name: str = MISSING
+    seed: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    resume: Any = MISSING  # false, true (the newest run with the same overrides) or a run directory
+    ckpt_path: str | None = MISSING
+    last_ckpt_every_s: float = MISSING
+    skip_done: bool = MISSING
+    optimized_metric: str | None = MISSING
+    compile: bool = MISSING
+    channels_last: Any = MISSING  # auto, true or false
+    viz: VizSchema = field(default_factory=VizSchema)
+    paths: PathsSchema = field(default_factory=PathsSchema)
+    optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
+    finetune: FinetuneSchema = field(default_factory=FinetuneSchema)
+    dataset: Any = MISSING
+    model: Any = MISSING
+    trainer: Any = MISSING
+    callbacks: Any = None
+    logger: Any = None
+
+
+def register_schemas() -> None:
+    """Put the schemas in Hydra's ConfigStore, where the defaults lists find them; before any composition."""
+    store = ConfigStore.instance()
+    store.store(name="base_train", node=TrainSchema)
+    store.store(group="schema", name="finetune", node=FinetuneSchema)
