@@ -27,7 +27,7 @@ from gnr650.interpret.figures import (
     rollout_overview_figure,
     save_figure,
 )
-from gnr650.interpret.index import ArtifactKind, append_to_index, artifacts_dir, entry
+from gnr650.interpret.index import PHASE_END, PHASE_START, ArtifactKind, append_to_index, artifacts_dir, entry
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class ArtifactExport(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_start:
-            self._run(trainer, pl_module, "start", trainer.current_epoch)
+            self._run(trainer, pl_module, PHASE_START, trainer.current_epoch)
         self._started = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -95,7 +95,7 @@ class ArtifactExport(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_end:
-            self._run(trainer, pl_module, "end", trainer.current_epoch)
+            self._run(trainer, pl_module, PHASE_END, trainer.current_epoch)
 
 
 class _NormExport(ArtifactExport):
@@ -323,7 +323,7 @@ class AttentionExport(ArtifactExport):
         path = f"{out_dir}/rollout.png"
         save_figure(fig, self.artifacts_dir / path)
         entries.append(entry(ArtifactKind.ATTENTION_ROLLOUT, path, phase=phase, epoch=epoch))
-        npz = "attention.npz" if phase == "end" else f"attention_{phase}.npz"
+        npz = "attention.npz" if phase == PHASE_END else f"attention_{phase}.npz"
         attn_lib.save_attention_npz(
             self.artifacts_dir / npz, attn, rollout, grid, prefix, labels, list(dm.class_names), images, layer_names
         )

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 ARTIFACTS_DIR = "artifacts"
 INDEX_NAME = "index.json"
+# Export phases (the ``phase`` field): fit start, every N epochs ``epoch<N>``, the final evaluation (best weights).
+PHASE_START, PHASE_END = "start", "end"
 
 
 class ArtifactKind(StrEnum):

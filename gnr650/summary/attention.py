@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
-from gnr650.interpret.index import ArtifactKind, artifacts_dir, find_artifacts
+from gnr650.interpret.index import PHASE_END, ArtifactKind, artifacts_dir, find_artifacts
 from gnr650.summary.collect import Job
 from gnr650.summary.figures import colour
 
@@ -42,7 +42,7 @@ def load_attention(jobs: list[Job]) -> list[JobAttention]:
     """The jobs that exported attention at the end (the best weights); an unreadable file is skipped with a warning."""
     attentions = []
     for index, job in enumerate(jobs):
-        paths = find_artifacts(artifacts_dir(job.dir), ArtifactKind.ATTENTION_NPZ, phase="end")
+        paths = find_artifacts(artifacts_dir(job.dir), ArtifactKind.ATTENTION_NPZ, phase=PHASE_END)
         if not paths:
             continue
         path = paths[-1]
