@@ -1,12 +1,15 @@
 """Every dataset x model x finetune combination composes and builds, with the strategy's parameters trainable;
-shared keys come from one place."""
+shared keys come from one place; every gnr650 ``_target_`` in configs/ is also a name its package exports, so no
+code is reachable only from YAML."""
 
+import importlib
 import itertools
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from gnr650.finetune.strategies import count_params
@@ -16,6 +19,20 @@ from tests.helpers import CONFIG_DIR, make_cfg, tiny_overrides
 DATASETS = ["cifar10-subset", "eurosat", "imagefolder", "synthetic"]
 MODELS = ["resnet18", "vit_b16", "vit_ti16"]
 FINETUNES = ["last", "top4", "full", "frozen"]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def gnr650_targets(node) -> set[str]:
+    """Every ``_target_`` naming gnr650 code in a loaded YAML tree (nested mappings and lists)."""
+    if isinstance(node, dict):
+        found = {node["_target_"]} if str(node.get("_target_", "")).startswith("gnr650.") else set()
+        return found.union(*(gnr650_targets(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(gnr650_targets(v) for v in node))
+    return set()
+
+
+CONFIG_TARGETS = sorted(set().union(*(gnr650_targets(yaml.safe_load(p.read_text())) for p in CONFIGS.rglob("*.yaml"))))
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -96,3 +113,19 @@ def test_finetune_options_take_the_cache_settings_from_the_schema(finetune, trai
         "cache_features": "auto",
         "cache_max_gb": 16.0,
     }
+
+
+def test_config_targets_are_found_in_nested_nodes_and_lists():
+    assert {"gnr650.summary.SummaryCallback", "gnr650.runs.LocalCheckpointIO", "gnr650.models.build_vit"} <= set(
+        CONFIG_TARGETS
+    )
+
+
+@pytest.mark.parametrize("target", CONFIG_TARGETS)
+def test_config_target_is_exported_by_its_package(target):
+    """``gnr650.interpret.KernelNormExport``: a package (not one of its modules) that lists the name in __all__."""
+    package_name, _, name = target.rpartition(".")
+    package = importlib.import_module(package_name)
+    assert hasattr(package, "__path__"), f"{target}: name the package {package_name.rsplit('.', 1)[0]}, not a module"
+    assert name in package.__all__, f"{target}: add {name} to {package_name}.__all__"
+    assert getattr(package, name) is get_object(target)

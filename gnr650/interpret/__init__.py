@@ -1,14 +1,24 @@
 """Interpretability: what a network has learned, as plain functions (weight norms, kernel and feature-map grids,
-ViT attention and rollout, figures, the artefact index) and the Lightning callbacks that export them."""
+ViT attention and rollout, figures, the artefact index) and the Lightning callbacks that export them.
 
-from gnr650.interpret.callbacks import (
-    ArtifactExport,
-    AttentionExport,
-    FeatureMapExport,
-    KernelImageExport,
-    KernelNormExport,
-    ViTWeightNormExport,
-)
+The callbacks are imported on first access (PEP 562), so that readers of the artefact index (the sweep
+summary and its CLI) do not pay for importing torch and Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gnr650.interpret.callbacks import (
+        ArtifactExport,
+        AttentionExport,
+        FeatureMapExport,
+        KernelImageExport,
+        KernelNormExport,
+        ViTWeightNormExport,
+    )
 
 __all__ = [
     "ArtifactExport",
@@ -18,3 +28,9 @@ __all__ = [
     "KernelNormExport",
     "ViTWeightNormExport",
 ]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return getattr(importlib.import_module("gnr650.interpret.callbacks"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -28,7 +27,7 @@ from gnr650.interpret.figures import (
     rollout_overview_figure,
     save_figure,
 )
-from gnr650.interpret.index import append_to_index, entry
+from gnr650.interpret.index import PHASE_END, PHASE_START, ArtifactKind, append_to_index, artifacts_dir, entry
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class ArtifactExport(pl.Callback):
     ``export(trainer, pl_module, phase, epoch)`` returning the index entries of the files written."""
 
     def __init__(self, output_dir: str, at_start: bool = True, at_end: bool = True, every_n_epochs: int = 0):
-        self.artifacts_dir = Path(output_dir) / "artifacts"
+        self.artifacts_dir = artifacts_dir(output_dir)
         self.at_start = at_start
         self.at_end = at_end
         self.every_n_epochs = every_n_epochs
@@ -82,7 +81,7 @@ class ArtifactExport(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_start:
-            self._run(trainer, pl_module, "start", trainer.current_epoch)
+            self._run(trainer, pl_module, PHASE_START, trainer.current_epoch)
         self._started = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -96,7 +95,7 @@ class ArtifactExport(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_end:
-            self._run(trainer, pl_module, "end", trainer.current_epoch)
+            self._run(trainer, pl_module, PHASE_END, trainer.current_epoch)
 
 
 class _NormExport(ArtifactExport):
@@ -104,6 +103,8 @@ class _NormExport(ArtifactExport):
     far) and ``<name>.png`` (distributions of the first phase against the latest)."""
 
     name = ""
+    csv_kind: ArtifactKind
+    plot_kind: ArtifactKind
     title = ""
     ylabel = ""
 
@@ -129,13 +130,17 @@ class _NormExport(ArtifactExport):
         shown = dict(list(self._phases.items())[:1] + list(self._phases.items())[-1:])
         title = f"{_model_name(pl_module.net)}: {self.title}, {len(layers)} layers"
         save_figure(norm_figure(shown, title, self.ylabel), self.artifacts_dir / png_path)
-        return [entry(f"{self.name}_csv", csv_path, None, epoch), entry(f"{self.name}_plot", png_path, None, epoch)]
+        return [
+            entry(self.csv_kind, csv_path, phase=phase, epoch=epoch),
+            entry(self.plot_kind, png_path, phase=phase, epoch=epoch),
+        ]
 
 
 class KernelNormExport(_NormExport):
     """L2 norm of every output kernel of every Conv2d (``kernel_norms.csv``/``.png``)."""
 
     name = "kernel_norms"
+    csv_kind, plot_kind = ArtifactKind.KERNEL_NORMS_CSV, ArtifactKind.KERNEL_NORMS_PLOT
     title = "conv kernel L2 norms per layer"
     ylabel = "kernel L2 norm  ‖w.flatten(1)‖₂"
 
@@ -148,6 +153,7 @@ class ViTWeightNormExport(_NormExport):
     the transformer counterpart of the kernel-norm study."""
 
     name = "vit_weight_norms"
+    csv_kind, plot_kind = ArtifactKind.VIT_WEIGHT_NORMS_CSV, ArtifactKind.VIT_WEIGHT_NORMS_PLOT
     title = "linear-layer row L2 norms per block (qkv, proj, fc1, fc2)"
     ylabel = "row L2 norm  ‖W[i, :]‖₂"
 
@@ -202,7 +208,7 @@ class KernelImageExport(ArtifactExport):
             )
             path = f"kernels/{phase}/{name}.png"
             save_figure(kernel_figure(grid, is_rgb, title), self.artifacts_dir / path)
-            entries.append(entry("kernel_grid", path, name, epoch))
+            entries.append(entry(ArtifactKind.KERNEL_GRID, path, phase=phase, layer=name, epoch=epoch))
         return entries
 
 
@@ -248,7 +254,7 @@ class FeatureMapExport(ArtifactExport):
         )
         path = f"feature_maps/{phase}_{_slug(caption)}.png"
         save_figure(fig, self.artifacts_dir / path)
-        return [entry("feature_maps", path, None, epoch)]
+        return [entry(ArtifactKind.FEATURE_MAPS, path, phase=phase, epoch=epoch)]
 
 
 class AttentionExport(ArtifactExport):
@@ -309,17 +315,17 @@ class AttentionExport(ArtifactExport):
             )
             path = f"{out_dir}/{i:02d}_{_slug(cls)}.png"
             save_figure(fig, self.artifacts_dir / path)
-            entries.append(entry("attention_map", path, None, epoch))
+            entries.append(entry(ArtifactKind.ATTENTION_MAP, path, phase=phase, epoch=epoch))
         captions = [f"{dm.class_names[int(lab)]} (#{int(j)})" for lab, j in zip(labels, idx)]
         fig = rollout_overview_figure(
             images, rollout, captions, f"{_model_name(net)} attention rollout, {phase} (epoch {epoch})"
         )
         path = f"{out_dir}/rollout.png"
         save_figure(fig, self.artifacts_dir / path)
-        entries.append(entry("attention_rollout", path, None, epoch))
-        npz = "attention.npz" if phase == "end" else f"attention_{phase}.npz"
+        entries.append(entry(ArtifactKind.ATTENTION_ROLLOUT, path, phase=phase, epoch=epoch))
+        npz = "attention.npz" if phase == PHASE_END else f"attention_{phase}.npz"
         attn_lib.save_attention_npz(
             self.artifacts_dir / npz, attn, rollout, grid, prefix, labels, list(dm.class_names), images, layer_names
         )
-        entries.append(entry("attention_npz", npz, None, epoch))
+        entries.append(entry(ArtifactKind.ATTENTION_NPZ, npz, phase=phase, epoch=epoch))
         return entries

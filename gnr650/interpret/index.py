@@ -1,17 +1,46 @@
-"""The run's artefact index: ``artifacts/index.json``, a list of ``{kind, path, layer, epoch}``.
+"""The run's artefact index: ``artifacts/index.json``, a list of ``{kind, path, layer, epoch, phase}``.
 
-Several callbacks share one index, so every write is a read-modify-write of the whole list,
-written atomically (temp file + ``os.replace``) so that a reader never sees a half-written file.
+The one place that says what each exported file is: the export callbacks list every file they write
+with an ``ArtifactKind``, and readers (the sweep summary) find files by kind and phase through
+``find_artifacts``, never by rebuilding file names. Several callbacks share one index, so every write
+is a read-modify-write of the whole list, written atomically (temp file + ``os.replace``) so that a
+reader never sees a half-written file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from enum import StrEnum
 from pathlib import Path
 
 from gnr650.files import write_json
 
+log = logging.getLogger(__name__)
+
+ARTIFACTS_DIR = "artifacts"
 INDEX_NAME = "index.json"
+# Export phases (the ``phase`` field): fit start, every N epochs ``epoch<N>``, the final evaluation (best weights).
+PHASE_START, PHASE_END = "start", "end"
+
+
+class ArtifactKind(StrEnum):
+    """What an indexed file is (the ``kind`` field)."""
+
+    KERNEL_NORMS_CSV = "kernel_norms_csv"
+    KERNEL_NORMS_PLOT = "kernel_norms_plot"
+    VIT_WEIGHT_NORMS_CSV = "vit_weight_norms_csv"
+    VIT_WEIGHT_NORMS_PLOT = "vit_weight_norms_plot"
+    KERNEL_GRID = "kernel_grid"
+    FEATURE_MAPS = "feature_maps"
+    ATTENTION_MAP = "attention_map"
+    ATTENTION_ROLLOUT = "attention_rollout"
+    ATTENTION_NPZ = "attention_npz"
+
+
+def artifacts_dir(run_dir: str | Path) -> Path:
+    """Where a run's exports and their index live."""
+    return Path(run_dir) / ARTIFACTS_DIR
 
 
 def read_index(artifacts_dir: str | Path) -> list[dict]:
@@ -22,12 +51,15 @@ def read_index(artifacts_dir: str | Path) -> list[dict]:
     return json.loads(path.read_text())
 
 
-def entry(kind: str, path: str | Path, layer: str | None = None, epoch: int | None = None) -> dict:
-    """One index entry; ``path`` is relative to the artifacts directory."""
+def entry(
+    kind: ArtifactKind, path: str | Path, *, phase: str, layer: str | None = None, epoch: int | None = None
+) -> dict:
+    """One index entry; ``path`` is relative to the artifacts directory, ``phase`` is the export that wrote
+    the file (``start``, ``epoch<N>``, ``end``; a file rewritten by each phase carries the latest)."""
     path = Path(path)
     if path.is_absolute():
         raise ValueError(f"index paths are relative to artifacts/, got {path}")
-    return {"kind": kind, "path": path.as_posix(), "layer": layer, "epoch": epoch}
+    return {"kind": ArtifactKind(kind).value, "path": path.as_posix(), "layer": layer, "epoch": epoch, "phase": phase}
 
 
 def append_to_index(artifacts_dir: str | Path, entries: list[dict]) -> Path:
@@ -35,3 +67,25 @@ def append_to_index(artifacts_dir: str | Path, entries: list[dict]) -> Path:
     new_paths = {e["path"] for e in entries}
     merged = [e for e in read_index(artifacts_dir) if e["path"] not in new_paths] + list(entries)
     return write_json(Path(artifacts_dir) / INDEX_NAME, merged)
+
+
+def find_artifacts(artifacts_dir: str | Path, kind: ArtifactKind, phase: str | None = None) -> list[Path]:
+    """The files of ``kind`` (and ``phase`` when given) listed in the index, in the order they were written.
+
+    A run without an index (older runs) or with an unreadable one has none: logged, not raised, so
+    that a reader such as the sweep summary simply leaves out what it cannot find.
+    """
+    artifacts_dir = Path(artifacts_dir)
+    if not (artifacts_dir / INDEX_NAME).is_file():
+        log.debug("No %s in %s: no %s artefacts", INDEX_NAME, artifacts_dir, kind)
+        return []
+    try:
+        entries = read_index(artifacts_dir)
+        return [
+            artifacts_dir / e["path"]
+            for e in entries
+            if e.get("kind") == kind and (phase is None or e.get("phase") == phase)
+        ]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("Unreadable %s in %s (%s): no %s artefacts", INDEX_NAME, artifacts_dir, exc, kind)
+        return []

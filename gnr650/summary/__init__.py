@@ -4,8 +4,8 @@ Entry points: `write_summary(dir)` (library), `gnr650-summarize DIR` (CLI, `cli.
 and `SummaryCallback` (Hydra, on_multirun_end).
 """
 
-from .collect import Job, collect_jobs
-from .hydra_callback import SummaryCallback
-from .writer import Summary, write_summary
+from gnr650.summary.collect import Job, collect_jobs
+from gnr650.summary.hydra_callback import SummaryCallback
+from gnr650.summary.writer import Summary, write_summary
 
 __all__ = ["Job", "Summary", "SummaryCallback", "collect_jobs", "write_summary"]

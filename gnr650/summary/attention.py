@@ -1,4 +1,5 @@
-"""Attention comparison across ViT jobs, from each job's artifacts/attention.npz.
+"""Attention comparison across ViT jobs, from the attention arrays each job exported at the end (found
+through its artefact index).
 
 Per class: one figure, a row per job and a column per layer showing the CLS token's
 attention to the patches (head mean, over the image), plus a last row with each job's
@@ -15,15 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.figure import Figure
 
-from .collect import Job
-from .figures import colour
+from gnr650.interpret.index import PHASE_END, ArtifactKind, artifacts_dir, find_artifacts
+from gnr650.summary.collect import Job
+from gnr650.summary.figures import colour
 
 log = logging.getLogger(__name__)
 LINESTYLES = ("-", "--", "-.", ":")  # identical jobs (last vs frozen) overlap: keep both visible
 
 
 @dataclass
-class AttentionExport:
+class JobAttention:
     """One job's exported attention, reduced to CLS-to-patch maps on the patch grid."""
 
     job: Job
@@ -36,13 +38,14 @@ class AttentionExport:
     layer_names: list[str]
 
 
-def load_attention(jobs: list[Job]) -> list[AttentionExport]:
-    """The jobs that exported attention; an unreadable file is skipped with a warning."""
-    exports = []
+def load_attention(jobs: list[Job]) -> list[JobAttention]:
+    """The jobs that exported attention at the end (the best weights); an unreadable file is skipped with a warning."""
+    attentions = []
     for index, job in enumerate(jobs):
-        path = job.dir / "artifacts" / "attention.npz"
-        if not path.is_file():
+        paths = find_artifacts(artifacts_dir(job.dir), ArtifactKind.ATTENTION_NPZ, phase=PHASE_END)
+        if not paths:
             continue
+        path = paths[-1]
         try:
             with np.load(path, allow_pickle=False) as z:
                 cls = z["cls_attention"].astype(np.float32)
@@ -50,8 +53,8 @@ def load_attention(jobs: list[Job]) -> list[AttentionExport]:
                 grid_h, grid_w = (int(g) for g in z["grid"])
                 n_images, n_layers = cls.shape[:2]
                 maps = cls[..., prefix:].mean(axis=2).reshape(n_images, n_layers, grid_h, grid_w)
-                exports.append(
-                    AttentionExport(
+                attentions.append(
+                    JobAttention(
                         job=job,
                         index=index,
                         maps=maps,
@@ -64,13 +67,13 @@ def load_attention(jobs: list[Job]) -> list[AttentionExport]:
                 )
         except (OSError, KeyError, ValueError) as exc:
             log.warning("Skipping unreadable %s: %s", path, exc)
-    return exports
+    return attentions
 
 
-def class_names(exports: list[AttentionExport]) -> list[str]:
-    """Classes with at least one exported image, in the first export's class order."""
+def class_names(attentions: list[JobAttention]) -> list[str]:
+    """Classes with at least one exported image, in the first job's class order."""
     names: list[str] = []
-    for e in exports:
+    for e in attentions:
         names += [e.class_names[i] for i in sorted(set(e.labels.tolist())) if e.class_names[i] not in names]
     return names
 
@@ -79,11 +82,11 @@ def file_name(class_name: str) -> str:
     return "attention_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", class_name) + ".png"
 
 
-def _pick_image(exports: list[AttentionExport], class_name: str) -> list[int | None]:
-    """Per export, the index of the same image of the class (first one found), else any of the class."""
+def _pick_image(attentions: list[JobAttention], class_name: str) -> list[int | None]:
+    """Per job, the index of the same image of the class (first one found), else any of the class."""
     reference = None
     picks: list[int | None] = []
-    for e in exports:
+    for e in attentions:
         of_class = [i for i, lab in enumerate(e.labels) if e.class_names[lab] == class_name]
         if reference is None and of_class:
             reference = e.images[of_class[0]]
@@ -112,17 +115,17 @@ def _show(ax, image: np.ndarray, heat: np.ndarray | None = None) -> None:
     ax.set_yticks([])
 
 
-def class_figure(exports: list[AttentionExport], class_name: str) -> Figure:
+def class_figure(attentions: list[JobAttention], class_name: str) -> Figure:
     """Rows: jobs (then one rollout row); columns: the image, then one per layer."""
-    picks = _pick_image(exports, class_name)
-    n_layers = max(e.maps.shape[1] for e in exports)
-    n_cols = 1 + max(n_layers, len(exports))
-    n_rows = len(exports) + 1
+    picks = _pick_image(attentions, class_name)
+    n_layers = max(e.maps.shape[1] for e in attentions)
+    n_cols = 1 + max(n_layers, len(attentions))
+    n_rows = len(attentions) + 1
     fig = Figure(figsize=(max(8.0, 1.35 * n_cols + 1.2), 1.45 * n_rows + 1.0), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    for row, (e, pick) in enumerate(zip(exports, picks)):
+    for row, (e, pick) in enumerate(zip(attentions, picks)):
         axes[row, 0].set_axis_on()
         axes[row, 0].set_ylabel(e.job.label.replace(", ", "\n"), fontsize=8, color=colour(e.index))
         if pick is None:
@@ -141,9 +144,9 @@ def class_figure(exports: list[AttentionExport], class_name: str) -> Figure:
             axes[row, 0].set_title("image", fontsize=8)
     rollout_row = axes[-1]
     rollout_row[0].set_axis_on()
-    _show(rollout_row[0], next(e.images[pick] for e, pick in zip(exports, picks) if pick is not None))
+    _show(rollout_row[0], next(e.images[pick] for e, pick in zip(attentions, picks) if pick is not None))
     rollout_row[0].set_ylabel("attention\nrollout", fontsize=8)
-    for col, (e, pick) in enumerate(zip(exports, picks), start=1):
+    for col, (e, pick) in enumerate(zip(attentions, picks), start=1):
         if pick is None:
             continue
         rollout_row[col].set_axis_on()
@@ -157,13 +160,13 @@ def class_figure(exports: list[AttentionExport], class_name: str) -> Figure:
     return fig
 
 
-def entropy_figure(exports: list[AttentionExport]) -> Figure | None:
+def entropy_figure(attentions: list[JobAttention]) -> Figure | None:
     """Normalised entropy of the CLS-to-patch attention per layer (mean over images): lower is sharper."""
-    if not exports:
+    if not attentions:
         return None
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for n, e in enumerate(exports):
+    for n, e in enumerate(attentions):
         p = e.maps.reshape(*e.maps.shape[:2], -1)
         p = p / np.clip(p.sum(axis=-1, keepdims=True), 1e-12, None)
         entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=-1) / np.log(p.shape[-1])
@@ -181,7 +184,7 @@ def entropy_figure(exports: list[AttentionExport]) -> Figure | None:
         xlabel="Layer",
         ylabel="Normalised entropy of CLS-to-patch attention",
     )
-    ax.set_xticks(np.arange(1, max(e.maps.shape[1] for e in exports) + 1))
+    ax.set_xticks(np.arange(1, max(e.maps.shape[1] for e in attentions) + 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig

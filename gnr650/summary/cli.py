@@ -6,8 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from . import tables
-from .writer import write_summary
+from gnr650.summary import tables
+from gnr650.summary.writer import write_summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from gnr650.interpret.index import ArtifactKind, artifacts_dir, find_artifacts
+
 log = logging.getLogger(__name__)
 
 COMPLETED, FAILED, UNFINISHED = "completed", "failed", "unfinished"
@@ -182,10 +184,11 @@ def _number(raw: str | None) -> float | None:
 
 
 def read_kernel_norms(job: Job) -> dict[str, list[dict[str, float | str]]]:
-    """artifacts/kernel_norms.csv as {phase: [{layer, mean, std, min, max}, ...]} in file order."""
-    path = job.dir / "artifacts" / "kernel_norms.csv"
-    if not path.is_file():
+    """The job's indexed kernel-norm table as {phase: [{layer, mean, std, min, max}, ...]} in file order."""
+    paths = find_artifacts(artifacts_dir(job.dir), ArtifactKind.KERNEL_NORMS_CSV)
+    if not paths:
         return {}
+    path = paths[-1]  # the table holds every phase exported so far: the latest is the fullest
     phases: dict[str, list[dict[str, float | str]]] = {}
     try:
         with path.open(newline="") as f:

@@ -11,8 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .collect import Job, read_curves, read_kernel_norms
-from .tables import ACCURACIES
+from gnr650.summary.collect import Job, read_curves, read_kernel_norms
+from gnr650.summary.tables import ACCURACIES
 
 
 def colour(index: int) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .writer import write_summary
+from gnr650.summary.writer import write_summary
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import base64
 import html
 from dataclasses import dataclass
 
-from .tables import Table
+from gnr650.summary.tables import Table
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1400px; padding: 0 1rem; color: #222; }

@@ -10,7 +10,7 @@ import io
 import statistics
 from dataclasses import dataclass
 
-from .collect import Job, format_label
+from gnr650.summary.collect import Job, format_label
 
 ACCURACIES = (
     ("train/acc", "Train Accuracy"),

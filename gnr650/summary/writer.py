@@ -17,10 +17,9 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from gnr650.files import atomic_write
-
-from . import attention, figures, tables
-from .collect import Job, collect_jobs
-from .report import FigureEntry, render
+from gnr650.summary import attention, figures, tables
+from gnr650.summary.collect import Job, collect_jobs
+from gnr650.summary.report import FigureEntry, render
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +84,21 @@ def _figures(jobs: list[Job]):
         figures.kernel_norm_figure,
         jobs,
     )
-    exports = attention.load_attention(jobs)
+    attentions = attention.load_attention(jobs)
     yield _draw(
         "attention_entropy.png",
         "Entropy of the CLS token's attention over patches per layer "
         "(head mean, averaged over the exported images): lower means sharper.",
         attention.entropy_figure,
-        exports,
+        attentions,
     )
-    for name in attention.class_names(exports):
+    for name in attention.class_names(attentions):
         yield _draw(
             attention.file_name(name),
             f"Class {name}: CLS-to-patch attention per layer, one row per "
             "job, and each job's attention rollout in the last row.",
             attention.class_figure,
-            exports,
+            attentions,
             name,
         )
 

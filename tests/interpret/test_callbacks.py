@@ -26,6 +26,7 @@ from gnr650.interpret.callbacks import (
     KernelNormExport,
     ViTWeightNormExport,
 )
+from gnr650.interpret.index import ArtifactKind, find_artifacts
 from tests.helpers import no_hooks
 
 CLASSES = ["cat", "horse", "ship", "truck"]
@@ -125,10 +126,10 @@ def read_csv(path):
 
 
 def check_index(artifacts: Path) -> list[dict]:
-    """Every entry has the four fields and points at a file that opens as what it claims to be."""
+    """Every entry has the five fields and points at a file that opens as what it claims to be."""
     entries = json.loads((artifacts / "index.json").read_text())
     for e in entries:
-        assert set(e) == {"kind", "path", "layer", "epoch"}
+        assert set(e) == {"kind", "path", "layer", "epoch", "phase"}
         path = artifacts / e["path"]
         assert path.is_file(), e
         if path.suffix == ".png":
@@ -162,7 +163,13 @@ def test_resnet_exports_in_a_fit_and_test_run(tmp_path):
     stages = ["conv1", "layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
     assert grids == {(name, epoch) for name in stages for epoch in (0, 2)}
     [fmap] = [e for e in entries if e["kind"] == "feature_maps"]
-    assert fmap["path"] == "feature_maps/end_horse_1.png" and fmap["epoch"] == 2
+    assert fmap["path"] == "feature_maps/end_horse_1.png" and (fmap["epoch"], fmap["phase"]) == (2, "end")
+    assert {(e["path"].split("/")[1], e["phase"]) for e in entries if e["kind"] == "kernel_grid"} == {
+        ("start", "start"),
+        ("end", "end"),
+    }
+    [norms_csv] = find_artifacts(artifacts, ArtifactKind.KERNEL_NORMS_CSV)  # rewritten each phase: one entry
+    assert norms_csv == artifacts / "kernel_norms.csv"
 
     rows = read_csv(artifacts / "kernel_norms.csv")
     assert [(r["phase"], r["epoch"]) for r in rows] == [("start", "0")] * 20 + [("end", "2")] * 20
@@ -179,7 +186,8 @@ def test_resnet_exports_in_a_fit_and_test_run(tmp_path):
 def test_vit_exports_attention_for_every_class(tmp_path):
     model, dm = FakeModule(vit(), 48), FakeData()
     t = trainer(
-        [AttentionExport(str(tmp_path), per_head_layers=[-1]), ViTWeightNormExport(str(tmp_path))], max_epochs=1
+        [AttentionExport(str(tmp_path), per_head_layers=[-1], every_n_epochs=1), ViTWeightNormExport(str(tmp_path))],
+        max_epochs=1,
     )
     t.fit(model, datamodule=dm)
     t.test(model, datamodule=dm, verbose=False)
@@ -194,8 +202,11 @@ def test_vit_exports_attention_for_every_class(tmp_path):
         "vit_weight_norms_csv",
         "vit_weight_norms_plot",
     ]
-    assert kinds.count("attention_map") == len(CLASSES)
-    with np.load(artifacts / "attention.npz", allow_pickle=False) as z:
+    map_phases = [e["phase"] for e in entries if e["kind"] == "attention_map"]
+    assert map_phases == ["epoch1"] * len(CLASSES) + ["end"] * len(CLASSES)
+    assert find_artifacts(artifacts, ArtifactKind.ATTENTION_NPZ, phase="epoch1") == [artifacts / "attention_epoch1.npz"]
+    [npz] = find_artifacts(artifacts, ArtifactKind.ATTENTION_NPZ, phase="end")
+    with np.load(npz, allow_pickle=False) as z:
         assert z["cls_attention"].shape == (len(CLASSES), 12, 3, 1 + 9)
         np.testing.assert_allclose(z["cls_attention"].sum(-1), 1, rtol=1e-5)
         assert z["rollout"].shape == (len(CLASSES), 3, 3) and z["grid"].tolist() == [3, 3]

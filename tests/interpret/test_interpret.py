@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from contextlib import contextmanager
 
 import numpy as np
@@ -275,19 +276,43 @@ def test_attention_npz_format(tmp_path):
 
 
 def test_index_appends_replaces_rewritten_paths_and_leaves_no_temp_files(tmp_path):
+    kind = index.ArtifactKind
     index.append_to_index(
         tmp_path,
         [
-            index.entry("kernel_norms_csv", "kernel_norms.csv", None, 0),
-            index.entry("kernel_grid", "kernels/start/conv1.png", "conv1", 0),
+            index.entry(kind.KERNEL_NORMS_CSV, "kernel_norms.csv", phase="start", epoch=0),
+            index.entry(kind.KERNEL_GRID, "kernels/start/conv1.png", phase="start", layer="conv1", epoch=0),
         ],
     )
-    index.append_to_index(tmp_path, [index.entry("kernel_norms_csv", "kernel_norms.csv", None, 5)])
+    index.append_to_index(tmp_path, [index.entry(kind.KERNEL_NORMS_CSV, "kernel_norms.csv", phase="epoch5", epoch=5)])
     entries = json.loads((tmp_path / "index.json").read_text())
     assert entries == [
-        {"kind": "kernel_grid", "path": "kernels/start/conv1.png", "layer": "conv1", "epoch": 0},
-        {"kind": "kernel_norms_csv", "path": "kernel_norms.csv", "layer": None, "epoch": 5},
+        {"kind": "kernel_grid", "path": "kernels/start/conv1.png", "layer": "conv1", "epoch": 0, "phase": "start"},
+        {"kind": "kernel_norms_csv", "path": "kernel_norms.csv", "layer": None, "epoch": 5, "phase": "epoch5"},
     ]
     assert [p.name for p in tmp_path.iterdir()] == ["index.json"]
     with pytest.raises(ValueError):
-        index.entry("x", tmp_path / "abs.png")
+        index.entry(kind.KERNEL_GRID, tmp_path / "abs.png", phase="end")
+    with pytest.raises(ValueError, match="not_a_kind"):
+        index.entry("not_a_kind", "x.png", phase="end")
+
+
+def test_find_artifacts_by_kind_and_phase_in_written_order(tmp_path, caplog):
+    kind = index.ArtifactKind
+    written = [
+        index.entry(kind.ATTENTION_NPZ, "attention_epoch1.npz", phase="epoch1", epoch=1),
+        index.entry(kind.ATTENTION_MAP, "attention/end/00_cat.png", phase="end", epoch=2),
+        index.entry(kind.ATTENTION_NPZ, "arrays/final.npz", phase="end", epoch=2),
+        index.entry(kind.ATTENTION_NPZ, "attention_epoch2.npz", phase="epoch2", epoch=2),
+    ]
+    index.append_to_index(tmp_path, written)
+    find = index.find_artifacts
+    assert find(tmp_path, kind.ATTENTION_NPZ) == [tmp_path / e["path"] for e in written if e["kind"] == "attention_npz"]
+    assert find(tmp_path, kind.ATTENTION_NPZ, phase="end") == [tmp_path / "arrays" / "final.npz"]
+    assert find(tmp_path, kind.KERNEL_NORMS_CSV) == []
+    with caplog.at_level(logging.DEBUG, logger="gnr650.interpret.index"):
+        assert find(tmp_path / "older_run", kind.ATTENTION_NPZ) == []  # no index: nothing, no error
+        (tmp_path / "index.json").write_text("[{")
+        assert find(tmp_path, kind.ATTENTION_NPZ) == []
+    assert [r.levelname for r in caplog.records] == ["DEBUG", "WARNING"]
+    assert "No index.json" in caplog.records[0].message and "Unreadable index.json" in caplog.records[1].message

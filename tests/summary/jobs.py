@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from gnr650.interpret.index import ArtifactKind, append_to_index, artifacts_dir, entry
+
 CLASSES = ["AnnualCrop", "Forest"]
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,8 +46,15 @@ def make_job(
     epochs: int = 3,
     attention: float | None = None,
     kernel_norms: bool = False,
+    attention_path: str = "attention.npz",
+    kernel_norms_path: str = "kernel_norms.csv",
+    index: bool = True,
 ) -> Path:
-    """A fake Hydra job directory; `status=None` leaves no results.json (a killed job)."""
+    """A fake Hydra job directory; `status=None` leaves no results.json (a killed job).
+
+    Artefacts are written at the given paths under artifacts/ and listed in its index as the export callbacks
+    do (`index=False`: no index, as in runs older than it).
+    """
     job = root / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -60,17 +69,22 @@ def make_job(
                 w.writerow([e, 10 * e + 9, "", "", 2.0, "", ""])
                 w.writerow([e, 10 * e + 9, "", "", "", acc[1] * (e + 1) / epochs, 0.5])
                 w.writerow([e, 10 * e + 9, acc[0], 1.0 / (e + 1), "", "", ""])
+    artifacts, entries = artifacts_dir(job), []
     if attention is not None:
-        (job / "artifacts").mkdir()
-        np.savez(job / "artifacts" / "attention.npz", **attention_arrays(attention))
+        (artifacts / attention_path).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(artifacts / attention_path, **attention_arrays(attention))
+        entries.append(entry(ArtifactKind.ATTENTION_NPZ, attention_path, phase="end", epoch=epochs))
     if kernel_norms:
-        (job / "artifacts").mkdir(exist_ok=True)
-        with (job / "artifacts" / "kernel_norms.csv").open("w", newline="") as f:
+        (artifacts / kernel_norms_path).parent.mkdir(parents=True, exist_ok=True)
+        entries.append(entry(ArtifactKind.KERNEL_NORMS_CSV, kernel_norms_path, phase="end", epoch=epochs))
+        with (artifacts / kernel_norms_path).open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["phase", "layer", "mean", "std", "min", "max"])
             for phase, scale in (("start", 1.0), ("end", 1.0 + num / 10)):
                 for i, layer in enumerate(["conv1", "layer1.0.conv1", "layer1.0.conv2"]):
                     w.writerow([phase, layer, scale * (i + 1), 0.1, 0.5, 2 * scale * (i + 1)])
+    if entries and index:
+        append_to_index(artifacts, entries)
     if status is not None:
         results = {
             "status": status,

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+from gnr650.interpret.index import ArtifactKind, append_to_index, artifacts_dir, entry
 from gnr650.summary import collect_jobs, write_summary
+from gnr650.summary.attention import load_attention
 from gnr650.summary.cli import main as cli_main
-from gnr650.summary.collect import read_curves
-from tests.summary.jobs import REPO, make_job
+from gnr650.summary.collect import read_curves, read_kernel_norms
+from tests.summary.jobs import REPO, attention_arrays, make_job
+
+ARTEFACT_FIGURES = {"kernel_norms.png", "attention_entropy.png", "attention_AnnualCrop.png", "attention_Forest.png"}
 
 
 def test_two_by_two_writes_every_summary_file(two_by_two: Path):
@@ -91,6 +97,59 @@ def test_labels_come_from_any_swept_override(tmp_path: Path):
     summary = write_summary(tmp_path)
     assert "kernel_norms.png" in {p.name for p in summary.files}
     assert json.loads((tmp_path / "summary.json").read_text())["seed_aggregate"] is None
+
+
+def test_artefacts_are_read_where_the_index_points(tmp_path: Path):
+    for num, sharpness in enumerate([0.5, 1.5]):
+        make_job(
+            tmp_path,
+            num,
+            [f"finetune={['last', 'full'][num]}"],
+            attention=sharpness,
+            kernel_norms=True,
+            attention_path="exported/end/arrays.npz",
+            kernel_norms_path="norms/conv.csv",
+        )
+    summary = write_summary(tmp_path)
+    assert ARTEFACT_FIGURES.issubset(p.name for p in summary.files)
+    jobs = collect_jobs(tmp_path)
+    for job, sharpness in zip(jobs, [0.5, 1.5]):
+        [loaded] = [a for a in load_attention(jobs) if a.job is job]
+        written = attention_arrays(sharpness)
+        np.testing.assert_allclose(loaded.rollout, written["rollout"])
+        head_mean = written["cls_attention"][..., 1:].mean(axis=2)  # drop the CLS token, average the heads
+        np.testing.assert_allclose(loaded.maps, head_mean.reshape(*head_mean.shape[:2], 4, 4), rtol=1e-6)
+        scale = 1 + job.num / 10  # make_job's end norms: scale x (layer index + 1)
+        assert [row["mean"] for row in read_kernel_norms(job)["end"]] == pytest.approx([scale, 2 * scale, 3 * scale])
+
+
+def test_attention_figures_use_the_end_phase_only(tmp_path: Path):
+    def export_epoch_phase(job: Path, path: str) -> None:
+        """What the attention export writes every N epochs: arrays of another phase, not to be shown."""
+        np.savez(artifacts_dir(job) / path, **attention_arrays(0.2, seed=7))
+        append_to_index(artifacts_dir(job), [entry(ArtifactKind.ATTENTION_NPZ, path, phase="epoch2", epoch=2)])
+
+    ended = make_job(tmp_path, 0, ["finetune=full"], attention=1.0, attention_path="best_weights.npz")
+    export_epoch_phase(ended, "attention.npz")
+    interrupted = make_job(tmp_path, 1, ["finetune=last"], kernel_norms=True)
+    export_epoch_phase(interrupted, "attention_epoch2.npz")
+    [loaded] = load_attention(collect_jobs(tmp_path))
+    assert loaded.job.dir == ended
+    np.testing.assert_allclose(loaded.rollout, attention_arrays(1.0)["rollout"])
+
+
+def test_jobs_without_an_index_have_no_artefact_figures(tmp_path: Path, caplog):
+    make_job(tmp_path, 0, ["finetune=full"], attention=1.0, kernel_norms=True, index=False)
+    make_job(tmp_path, 1, ["finetune=last"], attention=1.0, kernel_norms=True)
+    (artifacts_dir(tmp_path / "1") / "index.json").write_text("not json")
+    with caplog.at_level(logging.DEBUG, logger="gnr650.interpret.index"):
+        summary = write_summary(tmp_path)
+    names = {p.name for p in summary.files}
+    assert {"summary.md", "accuracy.png", "curves.png", "report.html"} <= names
+    assert not names & ARTEFACT_FIGURES
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert any(level == "DEBUG" and "No index.json" in text and "/0/" in text for level, text in messages)
+    assert any(level == "WARNING" and "Unreadable index.json" in text and "/1/" in text for level, text in messages)
 
 
 def test_seed_sweep_is_aggregated(tmp_path: Path):
@@ -187,7 +246,7 @@ hydra:
     subdir: ${hydra.job.num}
   callbacks:
     summary:
-      _target_: gnr650.summary.hydra_callback.SummaryCallback
+      _target_: gnr650.summary.SummaryCallback
 """
 
 
