@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -29,7 +28,7 @@ from gnr650.runs.resume import (
 from gnr650.runs.run_state import RunState
 from gnr650.train import train
 from gnr650.training.divergence import DivergenceError
-from tests.helpers import RunsCodeWhenUnpickled, finish, make_cfg, train_py, write_image
+from tests.helpers import RunsCodeWhenUnpickled, csv_rows, finish, make_cfg, train_py, write_image
 
 # Augmentation on: the resumed run must also restore the RNG, not only the weights and the batch order.
 RUN = [
@@ -96,11 +95,6 @@ def uninterrupted(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted")
     train(make_cfg(SMALL, out))
     return out
-
-
-def csv_rows(directory: Path) -> list[dict]:
-    with (directory / "metrics.csv").open(newline="") as f:
-        return [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
 
 
 def assert_same_history(run: Path, reference: Path) -> None:

@@ -1,0 +1,74 @@
+"""The LightningModule as train.py builds it: its optimizer's learning rates, and what its final evaluation
+measures (each split's own batches, unaugmented, the configured loss) against a plain evaluation loop."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from gnr650.data import SPLITS
+from gnr650.finetune.strategies import is_under
+from gnr650.train import build, train
+from tests.helpers import csv_rows, make_cfg
+
+SMOKE = ["debug=smoke", "logger=none", "callbacks=none"]
+
+
+@pytest.mark.parametrize("model,head", [("vit_ti16", "head"), ("resnet18", "fc")])
+def test_head_parameters_learn_at_lr_head_and_the_other_trainable_ones_at_lr_backbone(model, head, tmp_path):
+    cfg = make_cfg(
+        SMOKE + [f"model={model}", "finetune=top4", "optimizer.lr_head=0.5", "optimizer.lr_backbone=0.002"], tmp_path
+    )
+    dm, _, module = build(cfg)
+    trainer = pl.Trainer(
+        max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(module, datamodule=dm)
+    lr_of = {id(p): g["initial_lr"] for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    names = dict(module.net.named_parameters())
+    assert len(lr_of) == sum(len(g["params"]) for g in trainer.optimizers[0].param_groups)  # no parameter twice
+    assert {n for n, p in names.items() if id(p) in lr_of} == {n for n, p in names.items() if p.requires_grad}
+    for name, p in names.items():
+        if p.requires_grad:
+            assert lr_of[id(p)] == (0.5 if is_under(name, [head]) else 0.002), name
+    assert 0 < sum(lr == 0.5 for lr in lr_of.values()) < sum(lr == 0.002 for lr in lr_of.values())
+
+
+def test_final_metrics_are_each_splits_own_unaugmented_evaluation(tmp_path):
+    """Splits of different sizes and contents; training augments, label smoothing on: every final metric (and the
+    logged validation loss) equals a plain loop over that split with the same weights, without augmentation."""
+    smoothing = 0.2
+    cfg = make_cfg(
+        [
+            "debug=smoke",
+            "model=resnet18",
+            "finetune=full",
+            "trainer.max_epochs=1",
+            "dataset.augment=true",
+            "dataset.val_per_class=3",
+            "dataset.test_per_class=5",
+            f"optimizer.label_smoothing={smoothing}",
+            "logger=csv",
+            "callbacks=default",
+        ],
+        tmp_path,
+    )
+    results = train(cfg)
+    dm, _, module = build(cfg)
+    weights = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    module.load_state_dict(weights)  # one epoch: the weights the validation and the final evaluation saw
+    module.eval()
+    (logged_val_loss,) = [float(row["val/loss"]) for row in csv_rows(tmp_path) if "val/loss" in row]
+    for split in SPLITS:
+        data = dm.split(split)
+        with torch.no_grad():
+            logits = module.net(module.preprocess(data.images, augment=False))
+        log_p = F.log_softmax(logits, dim=1)
+        nll = -log_p.gather(1, data.labels[:, None]).squeeze(1)
+        loss = ((1 - smoothing) * nll - smoothing * log_p.mean(dim=1)).mean()  # label smoothing, written out
+        predicted = logits.argmax(dim=1)
+        assert sum(map(sum, results["confusion_matrix"][split])) == len(data), split
+        assert results["metrics"][f"{split}/acc"] == pytest.approx((predicted == data.labels).float().mean().item())
+        assert results["metrics"][f"{split}/loss"] == pytest.approx(loss.item(), rel=1e-5), split
+        if split == "val":
+            assert logged_val_loss == pytest.approx(loss.item(), rel=1e-5)
