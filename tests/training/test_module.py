@@ -1,13 +1,19 @@
 """The LightningModule as train.py builds it: its optimizer's learning rates, and what its final evaluation
 measures (each split's own batches, unaugmented, the configured loss) against a plain evaluation loop."""
 
+import math
+
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from gnr650.data import SPLITS
 from gnr650.finetune.strategies import is_under
+from gnr650.models import build_resnet18
+from gnr650.models.factory import IMAGENET_MEAN, IMAGENET_STD
 from gnr650.train import build, train
 from tests.helpers import csv_rows, make_cfg
 
@@ -20,10 +26,7 @@ def test_head_parameters_learn_at_lr_head_and_the_other_trainable_ones_at_lr_bac
         SMOKE + [f"model={model}", "finetune=top4", "optimizer.lr_head=0.5", "optimizer.lr_backbone=0.002"], tmp_path
     )
     dm, _, module = build(cfg)
-    trainer = pl.Trainer(
-        max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
-    trainer.fit(module, datamodule=dm)
+    trainer = _fit(module, dm, max_steps=1)
     lr_of = {id(p): g["initial_lr"] for g in trainer.optimizers[0].param_groups for p in g["params"]}
     names = dict(module.net.named_parameters())
     assert len(lr_of) == sum(len(g["params"]) for g in trainer.optimizers[0].param_groups)  # no parameter twice
@@ -32,6 +35,66 @@ def test_head_parameters_learn_at_lr_head_and_the_other_trainable_ones_at_lr_bac
         if p.requires_grad:
             assert lr_of[id(p)] == (0.5 if is_under(name, [head]) else 0.002), name
     assert 0 < sum(lr == 0.5 for lr in lr_of.values()) < sum(lr == 0.002 for lr in lr_of.values())
+
+
+def _fit(module, dm, callbacks=(), **limits) -> pl.Trainer:
+    """A bare trainer: no validation, logging or checkpoints."""
+    trainer = pl.Trainer(
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        **limits,
+    )
+    trainer.fit(module, datamodule=dm)
+    return trainer
+
+
+class LearningRates(pl.Callback):
+    def __init__(self):
+        self.seen: list[dict[str, float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append({g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups})
+
+
+def test_learning_rates_warm_up_for_one_epoch_then_decay_by_cosine_at_every_step(tmp_path):
+    cfg = make_cfg(
+        SMOKE
+        + ["model=resnet18", "finetune=top4", "optimizer.lr_head=0.3", "optimizer.lr_backbone=0.01"]
+        + ["optimizer.warmup_epochs=1", "optimizer.min_lr_ratio=0.1", "dataset.per_class=8"],
+        tmp_path,
+    )
+    dm, _, module = build(cfg)
+    rates = LearningRates()
+    _fit(module, dm, [rates], max_epochs=3)
+    steps, warmup = 6, 2  # 32 images in batches of 16, 3 epochs
+    factors = [
+        (s + 1) / (warmup + 1)
+        if s < warmup
+        else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup)))
+        for s in range(steps)
+    ]
+    assert [r["head"] for r in rates.seen] == pytest.approx([0.3 * f for f in factors])
+    assert [r["backbone_no_decay"] for r in rates.seen] == pytest.approx([0.01 * f for f in factors])
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_inputs_are_normalised_with_the_weights_statistics_or_else_the_training_splits(pretrained, tmp_path):
+    overrides = SMOKE + ["model=resnet18"]
+    if pretrained:
+        save_file(build_resnet18(4).net.state_dict(), str(tmp_path / "resnet18.safetensors"))
+        overrides.append(f"model.weights={tmp_path / 'resnet18.safetensors'}")
+    dm, _, module = build(make_cfg(overrides, tmp_path))
+    if pretrained:
+        mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+    else:
+        pixels = dm.split("train").images.numpy().transpose(1, 0, 2, 3).reshape(3, -1) / 255.0
+        mean, std = pixels.mean(axis=1), pixels.std(axis=1, ddof=1)
+    np.testing.assert_allclose(module.preprocess.mean.flatten().numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(module.preprocess.std.flatten().numpy(), std, rtol=1e-5)
 
 
 def test_final_metrics_are_each_splits_own_unaugmented_evaluation(tmp_path):
