@@ -8,6 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.loggers import CSVLogger
 from safetensors.torch import save_file
 
 from gnr650.data import SPLITS
@@ -37,11 +38,11 @@ def test_head_parameters_learn_at_lr_head_and_the_other_trainable_ones_at_lr_bac
     assert 0 < sum(lr == 0.5 for lr in lr_of.values()) < sum(lr == 0.002 for lr in lr_of.values())
 
 
-def _fit(module, dm, callbacks=(), **limits) -> pl.Trainer:
-    """A bare trainer: no validation, logging or checkpoints."""
+def _fit(module, dm, callbacks=(), logger=False, **limits) -> pl.Trainer:
+    """A bare trainer: no validation, checkpoints or progress bar."""
     trainer = pl.Trainer(
         limit_val_batches=0,
-        logger=False,
+        logger=logger,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -52,15 +53,21 @@ def _fit(module, dm, callbacks=(), **limits) -> pl.Trainer:
     return trainer
 
 
-class LearningRates(pl.Callback):
+class StepLog(pl.Callback):
+    """Every training step's learning rates (as the step uses them), epoch, loss and batch size."""
+
     def __init__(self):
-        self.seen: list[dict[str, float]] = []
+        self.rates: list[dict[str, float]] = []
+        self.losses: list[tuple[int, float, int]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.seen.append({g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups})
+        self.rates.append({g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append((trainer.current_epoch, float(outputs["loss"]), len(batch[1])))
 
 
-def test_learning_rates_warm_up_for_one_epoch_then_decay_by_cosine_at_every_step(tmp_path):
+def test_learning_rates_follow_the_schedule_at_every_step_and_each_epoch_logs_its_own_mean_loss(tmp_path):
     cfg = make_cfg(
         SMOKE
         + ["model=resnet18", "finetune=top4", "optimizer.lr_head=0.3", "optimizer.lr_backbone=0.01"]
@@ -68,8 +75,8 @@ def test_learning_rates_warm_up_for_one_epoch_then_decay_by_cosine_at_every_step
         tmp_path,
     )
     dm, _, module = build(cfg)
-    rates = LearningRates()
-    _fit(module, dm, [rates], max_epochs=3)
+    log = StepLog()
+    _fit(module, dm, [log], logger=CSVLogger(tmp_path, name="", version=""), max_epochs=3)
     steps, warmup = 6, 2  # 32 images in batches of 16, 3 epochs
     factors = [
         (s + 1) / (warmup + 1)
@@ -77,8 +84,14 @@ def test_learning_rates_warm_up_for_one_epoch_then_decay_by_cosine_at_every_step
         else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup)))
         for s in range(steps)
     ]
-    assert [r["head"] for r in rates.seen] == pytest.approx([0.3 * f for f in factors])
-    assert [r["backbone_no_decay"] for r in rates.seen] == pytest.approx([0.01 * f for f in factors])
+    assert [r["head"] for r in log.rates] == pytest.approx([0.3 * f for f in factors])
+    assert [r["backbone_no_decay"] for r in log.rates] == pytest.approx([0.01 * f for f in factors])
+    logged = [float(row["train/loss"]) for row in csv_rows(tmp_path) if "train/loss" in row]
+    means = [
+        sum(loss * n for e, loss, n in log.losses if e == epoch) / sum(n for e, _, n in log.losses if e == epoch)
+        for epoch in range(3)
+    ]
+    assert logged == pytest.approx(means, rel=1e-5)
 
 
 @pytest.mark.parametrize("pretrained", [False, True])
