@@ -3,6 +3,7 @@ real-data switch."""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -70,6 +71,12 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-3000:]
     return out
+
+
+def csv_rows(directory: Path) -> list[dict[str, str]]:
+    """The rows of ``directory/metrics.csv`` (a CSVLogger's), without their empty cells."""
+    with (directory / "metrics.csv").open(newline="") as f:
+        return [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
 
 
 def no_hooks(net: nn.Module) -> bool:

@@ -59,8 +59,12 @@ def test_frozen_trains_nothing_and_only_evaluates(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_top4_keeps_frozen_batchnorm_statistics(tmp_path):
-    cfg = make_cfg(SMOKE + ["model=resnet18", "finetune=top4", "trainer.max_epochs=2"], tmp_path)
+@pytest.mark.parametrize("cache", ["auto", "false"])  # false: the frozen prefix runs in every training step
+def test_top4_keeps_frozen_batchnorm_statistics(cache, tmp_path):
+    cfg = make_cfg(
+        SMOKE + ["model=resnet18", "finetune=top4", "trainer.max_epochs=2", f"finetune.cache_features={cache}"],
+        tmp_path,
+    )
     pl.seed_everything(cfg.seed)  # the same initial weights train() will build
     _, _, module = build(cfg)
     before = {k: v.clone() for k, v in module.net.state_dict().items()}

@@ -171,6 +171,27 @@ def test_crop_is_a_shifted_window_of_the_padded_image():
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
 
 
+def test_crops_cover_every_offset_from_0_to_2p_and_both_flips():
+    p, n = 2, 1000
+    x = torch.arange(8 * 8, dtype=torch.float32).view(1, 1, 8, 8).expand(n, 3, 8, 8)
+    pre = DevicePreprocess([0.0] * 3, [1.0] * 3, augment=True, crop_padding=p)
+    torch.manual_seed(0)
+    out = pre.random_crop_flip(x)
+    padded = torch.nn.functional.pad(x[:1], (p, p, p, p), mode="reflect")[0]
+    windows = {
+        (r, c, f): w.flip(-1) if f else w
+        for r in range(2 * p + 1)
+        for c in range(2 * p + 1)
+        for f in (False, True)
+        for w in [padded[:, r : r + 8, c : c + 8]]
+    }
+    seen = []
+    for image in out:
+        (match,) = [key for key, w in windows.items() if torch.equal(image, w)]  # exactly one window fits
+        seen.append(match)
+    assert set(seen) == set(windows)  # every offset in both directions, flipped and not
+
+
 def test_synthetic_is_deterministic():
     a, b = SyntheticDataModule(seed=0), SyntheticDataModule(seed=0)
     a.setup(), b.setup()
