@@ -4,6 +4,7 @@ when incomplete, clear errors when the data fits nowhere or the disk fills up.""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from gnr650.data.decoded_store import StoreError, decoded_split
 from gnr650.data.images import decode_images, oversized_warning
 from gnr650.data.storage import SplitStorage, StorageError, processes_per_node
 from gnr650.train import train
-from tests.helpers import ROOT, make_cfg, tiny_overrides, write_image
+from tests.helpers import ROOT, finish, make_cfg, real_data_dir, tiny_overrides, train_py, write_image
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +225,53 @@ def test_prefetching_keeps_order_and_raises_the_source_error():
         for batch in _prefetched(source(), pin=False):
             got.append(int(batch[1]))
     assert got == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_share_one_disk_store_and_match_one_process(fake_data, tmp_path):
+    """Two gloo ranks on one node map the same store files (built once) and reach the single-process metrics."""
+    run = tiny_overrides("imagefolder", fake_data) + [
+        "model=resnet18",
+        "finetune=last",  # no batch statistics in training: the ranks' half batches take the same steps
+        "trainer.max_epochs=2",
+        "dataset.storage=disk",
+        "batch_size=6",  # 18 training images: whole batches on one process and on each rank (3 + 3)
+    ]
+    ddp = train_py(
+        run + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"paths.cache_dir={tmp_path / 'c1'}"],
+        tmp_path / "ddp",
+    )
+    single = train_py(run + [f"paths.cache_dir={tmp_path / 'c2'}"], tmp_path / "single")
+    out = finish(ddp, timeout=600)
+    finish(single, timeout=600)
+    assert "Starting with 2 processes" in out and out.count("disk, because dataset.storage=disk") == 6  # 2 ranks
+    assert [n.endswith(".u8") for n in _files(tmp_path / "c1")] == [True] * 3  # one store per split, no leftovers
+    (results,) = [json.loads(p.read_text()) for p in (tmp_path / "ddp").rglob("results.json")]
+    (reference,) = [json.loads(p.read_text()) for p in (tmp_path / "single").rglob("results.json")]
+    assert results["status"] == "completed" and results["config"]["trainer"]["devices"] == 2
+    for key, value in reference["metrics"].items():
+        assert results["metrics"][key] == pytest.approx(value, abs=1e-5), key
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(real_data_dir() is None, reason="GNR650_DATA_DIR does not point at the real data")
+def test_memory_and_disk_give_identical_results_on_the_cifar_subset(tmp_path):
+    common = [
+        "dataset=cifar10-subset",
+        f"paths.data_dir={real_data_dir()}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "dataset.per_class=20",
+        "dataset.val_per_class=20",
+        "model=resnet18",
+        "model.img_size=32",
+        "model.pretrained=false",
+        "finetune=full",
+        "trainer.max_epochs=2",
+        "batch_size=32",
+        "logger=none",
+        "callbacks=none",
+    ]
+    runs = {s: train(make_cfg(common + [f"dataset.storage={s}"], tmp_path / s)) for s in ("memory", "disk")}
+    assert runs["memory"]["data"]["sizes"] == {"train": 200, "val": 200, "test": 10_000}
+    assert runs["memory"]["metrics"] == runs["disk"]["metrics"]
+    assert runs["memory"]["confusion_matrix"] == runs["disk"]["confusion_matrix"]
