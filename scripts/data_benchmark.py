@@ -29,11 +29,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gnr650.data.cifar10 import CIFAR10_CLASSES  # noqa: E402
 from gnr650.data.images import decode_image  # noqa: E402
 from gnr650.tools.bench import compose_cfg, machine, run_framework, write_markdown  # noqa: E402
 
 TITLE = "## scripts/data_benchmark.py: disk vs memory storage, data beyond the memory budget, decoding"
-CLASSES = [f"c{i}" for i in range(10)]
+CLASSES = CIFAR10_CLASSES  # also the class folders of study 1's data set
 
 
 def generate(root: Path, per_class: int, size: int, ext: str, seed: int = 0) -> list[Path]:

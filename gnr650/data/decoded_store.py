@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from gnr650.data.datamodule import Split
-from gnr650.data.images import decode_chunks, header_size, target_size, warn_mixed_sizes
+from gnr650.data.images import decode_chunks, decode_into_memory, header_size, target_size, warn_mixed_sizes
 from gnr650.data.storage import SplitStorage, human_bytes
 from gnr650.files import atomic_write, ensure_writable
 
@@ -226,12 +226,7 @@ def decoded_split(tag: str, files: Sequence[Path], labels: Sequence[int], storag
             [str(d) for d in dirs],
             tag,
         )
-        images = torch.empty(shape, dtype=torch.uint8)
-        start = 0
-        for chunk in decode_chunks(files, size):
-            images[start : start + len(chunk)] = torch.from_numpy(chunk)
-            start += len(chunk)
-        return Split(images, labels_t, [str(f) for f in files], where)
+        return Split(decode_into_memory(files, size), labels_t, [str(f) for f in files], where)
     with building(target, name):
         found = find_store([target], name, key)
         if found is None:

@@ -153,6 +153,11 @@ def decode_images(
     sizes = [header_size(p) for p in paths]
     size = target_size(sizes, decode_size)
     warn_mixed_sizes(paths, sizes, size)
+    return decode_into_memory(paths, size, threads)
+
+
+def decode_into_memory(paths: Sequence[str | Path], size: tuple[int, int], threads: int = 4) -> torch.Tensor:
+    """Decode ``paths`` at ``size`` chunk by chunk into one preallocated [N, 3, H, W] uint8 tensor."""
     out = torch.empty(len(paths), 3, *size, dtype=torch.uint8)
     start = 0
     for chunk in decode_chunks(paths, size, threads):
