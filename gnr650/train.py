@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from gnr650.data import SPLITS, InMemoryDataModule
+from gnr650.data.images import oversized_warning
 from gnr650.finetune import count_params, feature_cache, trainable_modules
 from gnr650.models import BuiltModel
 from gnr650.runs import (
@@ -64,6 +65,9 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, Classificati
     dm: InMemoryDataModule = instantiate(cfg.dataset)
     dm.setup()
     built: BuiltModel = instantiate(cfg.model, num_classes=dm.num_classes)
+    oversized = oversized_warning(dm.split("train").images.shape[-2:], built.img_size, dm.storage.decode_size)
+    if oversized:
+        log.warning(oversized)
     trainable = trainable_modules(built, cfg.finetune.train_blocks, cfg.finetune.get("train_head", True))
     mean, std = (built.mean, built.std) if built.mean is not None else dm.channel_stats()
     channels_last = use_channels_last(

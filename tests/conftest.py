@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,19 @@ def pytest_configure(config: pytest.Config) -> None:
     """pytest installs its own warning filters around each test: add the by-design ones there too."""
     for message in INTENTIONAL_WARNINGS:
         config.addinivalue_line("filterwarnings", f"ignore:{message}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_cache_in_tmp(tmp_path_factory):
+    """Runs that set no paths.cache_dir (train.py subprocesses) write their decoded stores under a temporary
+    $XDG_CACHE_HOME, not the user's ~/.cache."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -156,7 +156,7 @@ def test_images_of_mixed_sizes_are_resized_to_the_common_size(tmp_path):
     dm = load(root, tmp_path)
     assert all(s.images.shape[-2:] == (32, 32) for s in dm.splits.values())
     assert (decoded(dm, "wide.png")[..., 0] == 255).all() and (decoded(dm, "large.png")[..., 1] == 255).all()
-    assert load(root, tmp_path, image_size=[24, 24]).splits["train"].images.shape[-2:] == (24, 24)
+    assert load(root, tmp_path, decode_size=[24, 24]).splits["train"].images.shape[-2:] == (24, 24)
 
 
 def test_unicode_class_folders_train_end_to_end(tmp_path):

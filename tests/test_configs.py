@@ -93,7 +93,18 @@ def test_dataset_options_share_their_loader_keys_from_one_base(dataset, tmp_path
     composed = OmegaConf.to_container(cfg.dataset, resolve=False)
     own, base = _own_keys(CONFIG_DIR / "dataset" / f"{dataset}.yaml"), _own_keys(CONFIG_DIR / "base" / "dataset.yaml")
     assert composed == {**base, **own}
-    assert set(base) == {"augment", "crop_padding", "batch_size", "eval_batch_size", "seed", "cache_dir"}
+    assert set(base) == {
+        "augment",
+        "crop_padding",
+        "batch_size",
+        "eval_batch_size",
+        "seed",
+        "cache_dir",
+        "storage",
+        "memory_budget_gb",
+        "decode_size",
+        "devices",
+    }
     resolved = cfg.dataset
     assert (resolved.batch_size, resolved.eval_batch_size, resolved.seed) == (7, 9, 5)
     assert resolved.cache_dir == cfg.paths.cache_dir and resolved.crop_padding == 4

@@ -18,9 +18,9 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 class Cifar10SubsetDataModule(InMemoryDataModule):
     """Train = ``per_class`` images per class, val = a further disjoint ``val_per_class``, test = the full test split.
 
-    Sources, tried in order under ``root``: torchvision's ``cifar-10-batches-py``; image folders
-    ``cifar10-jpg/{train,test}/<class>`` or ``{train,test}/<class>``; a torchvision download when
-    ``download=true``.
+    Sources, tried in order under ``root``: torchvision's ``cifar-10-batches-py`` (read into memory whole: the
+    storage settings apply to image folders); image folders ``cifar10-jpg/{train,test}/<class>`` or
+    ``{train,test}/<class>``; a torchvision download when ``download=true``.
     """
 
     name = "cifar10-subset"
@@ -41,14 +41,26 @@ class Cifar10SubsetDataModule(InMemoryDataModule):
                 return cand
         return None
 
-    def _source_splits(self) -> tuple[Split, Split]:
+    def _sample(self, labels: torch.Tensor) -> list[torch.Tensor]:
+        try:
+            return sample_per_class(labels, [self.per_class, self.val_per_class], self.seed)
+        except ValueError as e:
+            raise ValueError(f"{e} Lower dataset.per_class / dataset.val_per_class.") from None
+
+    def load(self):
         folder = self._folder_root()
         if folder is not None and not (self.root / "cifar-10-batches-py").is_dir():
-            out = []
-            for part in ("train", "test"):
-                files, labels, _ = scan_class_folders(folder / part, CIFAR10_CLASSES)
-                out.append(decoded_split(f"cifar10-{part}", files, labels, self.cache_dir, folder))
-            return out[0], out[1]
+            # Only the sampled training images are decoded (labels come from the folder names).
+            files, labels, _ = scan_class_folders(folder / "train", CIFAR10_CLASSES)
+            splits = {
+                name: decoded_split(
+                    f"cifar10-{name}", [files[i] for i in idx.tolist()], [labels[i] for i in idx.tolist()], self.storage
+                )
+                for name, idx in zip(("train", "val"), self._sample(torch.as_tensor(labels)))
+            }
+            files, labels, _ = scan_class_folders(folder / "test", CIFAR10_CLASSES)
+            splits["test"] = decoded_split("cifar10-test", files, labels, self.storage)
+            return splits, CIFAR10_CLASSES
         if not (self.root / "cifar-10-batches-py").is_dir() and not self.download:
             raise missing_data(
                 "CIFAR-10",
@@ -68,12 +80,6 @@ class Cifar10SubsetDataModule(InMemoryDataModule):
                     "local copy."
                 ) from e
             out.append(Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets)))
-        return out[0], out[1]
-
-    def load(self):
-        train_all, test = self._source_splits()
-        try:
-            train_idx, val_idx = sample_per_class(train_all.labels, [self.per_class, self.val_per_class], self.seed)
-        except ValueError as e:
-            raise ValueError(f"{e} Lower dataset.per_class / dataset.val_per_class.") from None
+        train_all, test = out
+        train_idx, val_idx = self._sample(train_all.labels)
         return {"train": train_all.subset(train_idx), "val": train_all.subset(val_idx), "test": test}, CIFAR10_CLASSES

@@ -1,4 +1,5 @@
-"""The in-memory datamodule: decoded uint8 tensors, batches sliced from them, no worker processes.
+"""The datamodule: decoded uint8 tensors (in memory, or memory-mapped from a disk store), batches gathered from
+them, no worker processes.
 
 Resizing, normalisation and augmentation happen on the device after transfer (see
 ``gnr650.training.preprocess``), so a dataset is decoded once and every epoch costs only tensor indexing.
@@ -6,6 +7,9 @@ Resizing, normalisation and augmentation happen on the device after transfer (se
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
@@ -13,18 +17,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gnr650.data.sampler import ResumableSampler, per_rank_batch_size
+from gnr650.data.storage import SplitStorage
 from gnr650.data.validation import is_count
 
 SPLITS = ("train", "val", "test")
+STATS_CHUNK_ELEMENTS = 1 << 22  # float64 values per chunk in channel_stats (32 MB)
 
 
 @dataclass
 class Split:
-    """One split: uint8 images [N, 3, H, W], int64 labels [N], and the source files when known."""
+    """One split: uint8 images [N, 3, H, W], int64 labels [N], the source files when known, and where the images
+    are (``memory``, or ``disk``: a tensor over a memory-mapped store, see ``gnr650.data.decoded_store``)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     files: list[str] = field(default_factory=list)
+    storage: str = "memory"
 
     def __len__(self) -> int:
         return self.labels.numel()
@@ -47,6 +55,14 @@ class _TensorBatches(Dataset):
         return self.split.images[i], self.split.labels[i]
 
     def __getitems__(self, indices: list[int]):
+        if self.split.storage == "disk":
+            # Gathered in file order (sequential reads), then put back in the sampler's order.
+            index = torch.as_tensor(indices)
+            ascending, order = index.sort()
+            gathered = self.split.images[ascending]
+            images = torch.empty_like(gathered)
+            images[order] = gathered
+            return images, self.split.labels[index]
         # Moved without blocking: a plain copy to the GPU would wait for it at every step.
         index = torch.as_tensor(indices).to(self.split.labels.device, non_blocking=True)
         return self.split.images[index], self.split.labels[index]
@@ -54,6 +70,53 @@ class _TensorBatches(Dataset):
 
 def _batch(batch):
     return batch
+
+
+def _prefetched(batches: Iterator, pin: bool) -> Iterator:
+    """``batches``, each gathered in a background thread while the one before it is used (pinned when ``pin``)."""
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                if not put(("batch", tuple(t.pin_memory() for t in batch) if pin else batch)):
+                    return
+            put(("done", None))
+        except BaseException as e:  # handed to the consumer, raised there
+            put(("error", e))
+
+    threading.Thread(target=work, daemon=True, name="gnr650-prefetch").start()
+    try:
+        while True:
+            kind, item = ready.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class _PrefetchingLoader(DataLoader):
+    """For splits on disk: the next batch is read while the current one trains (memory gathers need no help)."""
+
+    def __init__(self, *args, pin: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pin = pin
+
+    def __iter__(self):
+        return _prefetched(super().__iter__(), self.pin)
 
 
 class InMemoryDataModule(pl.LightningDataModule):
@@ -69,6 +132,10 @@ class InMemoryDataModule(pl.LightningDataModule):
         crop_padding: int = 4,
         seed: int = 0,
         cache_dir: str | None = None,
+        storage: str = "auto",
+        memory_budget_gb: float | None = None,
+        decode_size=None,
+        devices=1,
     ):
         super().__init__()
         if not (is_count(batch_size) and is_count(eval_batch_size)):
@@ -79,6 +146,9 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.crop_padding = crop_padding
         self.seed = seed
         self.cache_dir = cache_dir
+        # Where decoded image files go (``devices``: the trainer's, as each process on a node holds its own
+        # in-memory copy); data sets generated or read into memory whole ignore it.
+        self.storage = SplitStorage(storage, memory_budget_gb, decode_size, cache_dir, devices)
         self.splits: dict[str, Split] = {}
         # What the loaders serve in place of ``splits`` when set: copies on the GPU, or cached
         # features (gnr650.finetune.feature_cache). ``split()`` keeps giving the images, on the CPU.
@@ -98,8 +168,12 @@ class InMemoryDataModule(pl.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer is not None else None
         if (
             device is not None and device.type == "cuda" and not self.served
-        ):  # batches sliced on the GPU, no copies per step
-            self.served = {k: Split(s.images.to(device), s.labels.to(device)) for k, s in self.splits.items()}
+        ):  # batches sliced on the GPU, no copies per step (splits on disk are read batch by batch)
+            self.served = {
+                k: Split(s.images.to(device), s.labels.to(device))
+                for k, s in self.splits.items()
+                if s.storage == "memory"
+            }
 
     @property
     def num_classes(self) -> int:
@@ -110,16 +184,29 @@ class InMemoryDataModule(pl.LightningDataModule):
         return self.splits[name]
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training images, in [0, 1] units."""
-        x = self.split("train").images.float().div_(255)
-        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+        """Per-channel mean and (unbiased) std of the training images, in [0, 1] units, summed in float64 over
+        chunks so that a split on disk is never held in memory whole."""
+        images = self.split("train").images
+        per_chunk = max(1, STATS_CHUNK_ELEMENTS // images[0].numel())
+        total = torch.zeros(3, dtype=torch.float64)
+        squares = torch.zeros(3, dtype=torch.float64)
+        for start in range(0, len(images), per_chunk):
+            x = images[start : start + per_chunk].to(torch.float64).div_(255)
+            total += x.sum(dim=(0, 2, 3))
+            squares += x.square().sum(dim=(0, 2, 3))
+        n = images.numel() // 3
+        mean = total / n
+        var = (squares - n * mean.square()) / max(1, n - 1)
+        return mean.tolist(), var.clamp_min(0).sqrt().clamp_min(1e-6).tolist()
 
     def _loader(self, name: str, train: bool) -> DataLoader:
         data = self.served[name] if name in self.served else self.split(name)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         sampler = ResumableSampler(len(data), self.seed, shuffle=train, num_replicas=world, rank=rank, pad=train)
         batch_size = per_rank_batch_size(self.batch_size, world) if train else self.eval_batch_size
-        return DataLoader(
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        on_disk = data.storage == "disk"
+        return (_PrefetchingLoader if on_disk else DataLoader)(
             _TensorBatches(data),
             batch_size=batch_size,
             sampler=sampler,
@@ -129,6 +216,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             collate_fn=_batch,
             num_workers=0,
             generator=torch.Generator(),  # loading never draws from the global RNG (exact resume, see sampler.py)
+            **({"pin": device.type == "cuda"} if on_disk else {}),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,21 +1,56 @@
-"""On-disk cache of decoded splits, keyed by the source files so stale data is never reused."""
+"""Decoded splits on disk, one store file per split, for both storages: the disk storage memory-maps it, the memory
+storage reads it into RAM. Keyed by the source files and the decode settings, so stale data is never reused.
+
+A store is a 4 KiB header (a magic line, then JSON: format version, key, shape) followed by the uint8
+[N, 3, H, W] pixels in C order. It is mapped with numpy's memmap (copy-on-write: pages come from the page
+cache, which holds the file once for every process on the node that maps it). It is written once, in chunks
+as images are decoded, to a temporary name that is renamed when complete (``gnr650.files.atomic_write``),
+while a lock file keeps the other processes of the node (DDP ranks) from building it too. A store whose
+header or length is wrong is not trusted: it is removed and rebuilt.
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from gnr650.data.datamodule import Split
+from gnr650.data.images import decode_chunks, decode_into_memory, header_size, target_size, warn_mixed_sizes
+from gnr650.data.storage import SplitStorage, human_bytes
 from gnr650.files import atomic_write, ensure_writable
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+MAGIC = b"GNR650-DECODED-U8\n"
+HEADER_BYTES = 4096
+SUFFIX = ".u8"
+
+
+class StoreError(RuntimeError):
+    """A decoded store could not be written; the message says why and what to change."""
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/gnr650``, else ``~/.cache/gnr650``: never the data folder."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gnr650"
+
+
+def cache_dirs(cache_dir: str | None) -> list[Path]:
+    """Where stores are looked for, in order: ``paths.cache_dir`` when set, then the default folder."""
+    dirs = [Path(cache_dir)] if cache_dir else []
+    return dirs + [d for d in [default_cache_dir()] if d not in dirs]
 
 
 def fingerprint(files: Sequence[Path], extra: dict | None = None) -> str:
@@ -27,66 +62,179 @@ def fingerprint(files: Sequence[Path], extra: dict | None = None) -> str:
     return h.hexdigest()[:20]
 
 
-def _writable_dir(candidates: Sequence[Path]) -> Path | None:
-    for d in candidates:
-        try:
-            ensure_writable(d)
-            return d
-        except OSError:
+def _header(key: str, shape: tuple[int, ...]) -> bytes:
+    body = MAGIC + json.dumps({"version": CACHE_VERSION, "key": key, "shape": list(shape)}).encode() + b"\n"
+    return body.ljust(HEADER_BYTES, b"\0")
+
+
+def read_store_shape(path: Path, key: str) -> tuple[int, ...] | None:
+    """The image shape a complete, undamaged store at ``path`` holds, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+            size = os.fstat(f.fileno()).st_size
+        if not head.startswith(MAGIC):
+            return None
+        meta = json.loads(head[len(MAGIC) :].split(b"\n", 1)[0])
+        shape = tuple(int(v) for v in meta["shape"])
+        if meta["version"] != CACHE_VERSION or meta["key"] != key or len(shape) != 4 or shape[1] != 3:
+            return None
+        return shape if size == HEADER_BYTES + math.prod(shape) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def find_store(dirs: Sequence[Path], name: str, key: str) -> tuple[Path, tuple[int, ...]] | None:
+    """The first trustworthy store called ``name`` in ``dirs``; damaged ones are removed where possible."""
+    for d in dirs:
+        path = d / name
+        if not path.exists():
             continue
+        shape = read_store_shape(path, key)
+        if shape is not None:
+            return path, shape
+        log.warning("Ignoring the damaged or incomplete decoded store %s; it is rebuilt.", path)
+        with suppress(OSError):
+            path.unlink()
     return None
 
 
-def cached_tensors(
-    name: str,
-    files: Sequence[Path],
-    build: Callable[[], dict[str, torch.Tensor]],
-    cache_dir: str | None,
-    data_root: Path,
-    extra: dict | None = None,
-) -> dict[str, torch.Tensor]:
-    """Return ``build()``'s tensors, from the cache when the source files are unchanged.
+@contextmanager
+def building(directory: Path, name: str) -> Iterator[None]:
+    """Hold the lock for building store ``name`` in ``directory`` (other processes wait), and remove the
+    temporary files of writers that died before finishing it."""
+    with open(directory / f".{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for stale in directory.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
-    The cache lives in ``cache_dir`` if given, else beside the data (``<root>/.gnr650-cache``),
-    else in ``~/.cache/gnr650`` when the data folder is read-only.
+
+def _write_chunk(f, chunk: np.ndarray) -> None:
+    f.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+
+
+def write_store(path: Path, key: str, shape: tuple[int, ...], chunks: Iterator[np.ndarray]) -> None:
+    """Write the header and ``chunks`` (filling ``shape`` exactly) under a temporary name, then rename.
+
+    The space is reserved first where the file system supports it; a full disk is a ``StoreError`` and
+    the partial file is removed.
     """
-    key = fingerprint(files, extra)
-    candidates = [Path(cache_dir)] if cache_dir else [data_root / ".gnr650-cache", Path.home() / ".cache" / "gnr650"]
-    for d in candidates:
-        path = d / f"{name}-{key}.pt"
-        if path.exists():
+    nbytes = HEADER_BYTES + math.prod(shape)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             try:
-                return torch.load(path, weights_only=True)
-            except Exception as e:  # a damaged cache is rebuilt, never trusted
-                log.warning("Ignoring unreadable cache %s (%s); rebuilding.", path, e)
-    tensors = build()
-    target = _writable_dir(candidates)
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+            f.write(_header(key, shape))
+            for chunk in chunks:
+                _write_chunk(f, chunk)
+            f.flush()
+            if f.tell() != nbytes:
+                raise StoreError(f"Internal error: wrote {f.tell()} bytes of {nbytes} into the store '{path}'.")
+            os.fsync(f.fileno())
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StoreError(
+            f"The disk filled up while writing the decoded store '{path}' ({human_bytes(nbytes)}); the partial "
+            "file was removed. Free some space, point paths.cache_dir (GNR650_CACHE_DIR) at a disk with room, or "
+            "set dataset.decode_size to store smaller images."
+        ) from e
+
+
+def open_store(path: Path, shape: tuple[int, ...], in_memory: bool) -> torch.Tensor:
+    """The store's images: read into RAM (``in_memory``), or a tensor over a copy-on-write memory map."""
+    if not in_memory:
+        return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", offset=HEADER_BYTES, shape=shape))
+    images = torch.empty(shape, dtype=torch.uint8)
+    view, got = memoryview(images.numpy()).cast("B"), 0
+    with open(path, "rb", buffering=0) as f:
+        f.seek(HEADER_BYTES)
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                raise StoreError(f"The decoded store '{path}' ended early; delete it and run again.")
+            got += n
+    return images
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer can still put into ``directory``'s file system."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def _writable_with_room(dirs: Sequence[Path], nbytes: int) -> tuple[Path | None, int | None, Path | None]:
+    """The first folder of ``dirs`` that takes files and has ``nbytes`` free; else None, with the largest free
+    room seen and where (None, None, None when no folder is writable)."""
+    best: tuple[int, Path] | None = None
+    for i, d in enumerate(dirs):
+        try:
+            ensure_writable(d)
+        except OSError as e:
+            if i == 0 and len(dirs) > 1:
+                log.warning("Cache folder '%s' is not writable (%s); trying '%s'.", d, e.strerror or e, dirs[1])
+            continue
+        free = free_bytes(d)
+        if free >= nbytes:
+            return d, free, d
+        if best is None or free > best[0]:
+            best = (free, d)
+    return (None, best[0], best[1]) if best else (None, None, None)
+
+
+def decoded_split(tag: str, files: Sequence[Path], labels: Sequence[int], storage: SplitStorage) -> Split:
+    """Decode ``files`` once into a store and return them as a ``Split`` with ``labels``, kept where ``storage``
+    decides: in memory, or memory-mapped from the store.
+
+    Before decoding, the decoded size is estimated from the image headers and checked against the memory
+    budget and the free disk. When no cache folder can be written and memory is chosen, the images are
+    decoded straight into memory, uncached.
+    """
+    labels_t = torch.as_tensor(list(labels), dtype=torch.int64)
+    if not files:
+        return Split(torch.empty(0, 3, 1, 1, dtype=torch.uint8), labels_t)
+    key = fingerprint(files, {"decode_size": storage.decode_size})
+    name = f"{tag}-{key}{SUFFIX}"
+    dirs = cache_dirs(storage.cache_dir)
+    found = find_store(dirs, name, key)
+    if found is not None:
+        path, shape = found
+        where = storage.choose(tag, math.prod(shape), _describe(shape), math.prod(shape), str(path.parent))
+        return Split(open_store(path, shape, where == "memory"), labels_t, [str(f) for f in files], where)
+
+    sizes = [header_size(f) for f in files]
+    size = target_size(sizes, storage.decode_size)
+    shape = (len(files), 3, *size)
+    nbytes = math.prod(shape)
+    target, free, free_dir = _writable_with_room(dirs, HEADER_BYTES + nbytes)
+    where = storage.choose(tag, nbytes, _describe(shape), free, str(free_dir) if free_dir else None)
+    warn_mixed_sizes(files, sizes, size)
     if target is None:
-        log.warning("No writable cache folder among %s; decoded data is not cached.", [str(c) for c in candidates])
-    else:
-        atomic_write(target / f"{name}-{key}.pt", lambda tmp: torch.save(tensors, tmp))
-        log.info("Cached decoded %s in %s", name, target)
-    return tensors
+        log.warning(
+            "No cache folder among %s can take the decoded %s; decoding into memory without caching it.",
+            [str(d) for d in dirs],
+            tag,
+        )
+        return Split(decode_into_memory(files, size), labels_t, [str(f) for f in files], where)
+    with building(target, name):
+        found = find_store([target], name, key)
+        if found is None:
+            log.info("Decoding %s (%s) into %s", tag, _describe(shape), target / name)
+            write_store(target / name, key, shape, decode_chunks(files, size))
+            found = target / name, shape
+    return Split(open_store(found[0], shape, where == "memory"), labels_t, [str(f) for f in files], where)
 
 
-def decoded_split(
-    tag: str,
-    files: Sequence[Path],
-    labels: Sequence[int],
-    cache_dir: str | None,
-    data_root: Path,
-    size: tuple[int, int] | None = None,
-):
-    """Decode ``files`` once (cached on disk) into a ``Split`` with ``labels``."""
-    from gnr650.data.datamodule import Split
-    from gnr650.data.images import decode_images
-
-    tensors = cached_tensors(
-        tag,
-        files,
-        lambda: {"images": decode_images(files, size), "labels": torch.as_tensor(list(labels), dtype=torch.int64)},
-        cache_dir,
-        data_root,
-        extra={"size": list(size) if size else None},
-    )
-    return Split(tensors["images"], tensors["labels"], [str(f) for f in files])
+def _describe(shape: tuple[int, ...]) -> str:
+    return f"{shape[0]:,} images at {shape[2]}x{shape[3]}, {human_bytes(math.prod(shape))}"

@@ -87,10 +87,7 @@ class EuroSATDataModule(InMemoryDataModule):
         else:
             keep = class_balanced_subset(labels_t, self.fraction, self.seed)
             parts = [keep[p] for p in stratified_split(labels_t[keep], self.ratios, self.seed)]
-        needed = torch.sort(torch.cat(parts)).values
-        data = decoded_split(
-            "eurosat", [files[i] for i in needed.tolist()], labels_t[needed].tolist(), self.cache_dir, image_dir
-        )
-        position = torch.full((len(files),), -1, dtype=torch.int64)
-        position[needed] = torch.arange(needed.numel())
-        return {name: data.subset(position[p]) for name, p in zip(SPLITS, parts)}, class_names
+        return {
+            name: decoded_split(f"eurosat-{name}", [files[i] for i in p.tolist()], labels_t[p].tolist(), self.storage)
+            for name, p in zip(SPLITS, parts)
+        }, class_names

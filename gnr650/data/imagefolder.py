@@ -16,13 +16,12 @@ from gnr650.data.validation import check_fraction, check_ratios
 class ImageFolderDataModule(InMemoryDataModule):
     """Pre-split folders are used as they are; a single folder is split stratified by ``ratios``.
 
-    ``image_size`` ([H, W]) resizes every image at decode time; by default the most common size is kept
-    and others are resized to it.
+    Images are stored at the most common size (others are resized to it) unless ``decode_size`` says otherwise.
     """
 
     name = "imagefolder"
 
-    def __init__(self, root: str | None, ratios=(0.6, 0.2, 0.2), fraction: float = 1.0, image_size=None, **kwargs):
+    def __init__(self, root: str | None, ratios=(0.6, 0.2, 0.2), fraction: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         if not root:
             raise ValueError(
@@ -32,7 +31,6 @@ class ImageFolderDataModule(InMemoryDataModule):
         self.root = Path(root)
         self.ratios = check_ratios(ratios)
         self.fraction = check_fraction(fraction)
-        self.image_size = tuple(image_size) if image_size else None
 
     def load(self):
         if not self.root.is_dir():
@@ -46,30 +44,18 @@ class ImageFolderDataModule(InMemoryDataModule):
                     "A pre-split data set needs train/, val/ and test/ folders of class sub-folders.",
                 )
             _, _, class_names = scan_class_folders(self.root / "train")
-            scanned = {s: scan_class_folders(self.root / s, class_names) for s in SPLITS}
-            splits = {}
-            for s, (files, labels, _) in scanned.items():
+            parts = {}
+            for s in SPLITS:
+                files, labels, _ = scan_class_folders(self.root / s, class_names)
                 labels_t = torch.as_tensor(labels)
-                keep = class_balanced_subset(labels_t, self.fraction, self.seed)
-                splits[s] = decoded_split(
-                    f"imagefolder-{s}",
-                    [files[i] for i in keep.tolist()],
-                    labels_t[keep].tolist(),
-                    self.cache_dir,
-                    self.root,
-                    self.image_size,
-                )
-            return splits, class_names
-        files, labels, class_names = scan_class_folders(self.root)
-        labels_t = torch.as_tensor(labels)
-        keep = class_balanced_subset(labels_t, self.fraction, self.seed)
-        data = decoded_split(
-            "imagefolder",
-            [files[i] for i in keep.tolist()],
-            labels_t[keep].tolist(),
-            self.cache_dir,
-            self.root,
-            self.image_size,
-        )
-        parts = stratified_split(data.labels, self.ratios, self.seed)
-        return {s: data.subset(p) for s, p in zip(SPLITS, parts)}, class_names
+                parts[s] = (files, labels_t, class_balanced_subset(labels_t, self.fraction, self.seed))
+        else:
+            files, labels, class_names = scan_class_folders(self.root)
+            labels_t = torch.as_tensor(labels)
+            keep = class_balanced_subset(labels_t, self.fraction, self.seed)
+            split = stratified_split(labels_t[keep], self.ratios, self.seed)
+            parts = {s: (files, labels_t, keep[p]) for s, p in zip(SPLITS, split)}
+        return {
+            s: decoded_split(f"imagefolder-{s}", [files[i] for i in idx.tolist()], labels_t[idx].tolist(), self.storage)
+            for s, (files, labels_t, idx) in parts.items()
+        }, class_names

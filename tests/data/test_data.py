@@ -110,14 +110,14 @@ def test_decoded_cache_is_reused_and_rebuilt_when_files_change(tmp_path):
     kwargs = {"root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache")}
     first = ImageFolderDataModule(**kwargs)
     first.setup()
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 3  # one store per split
     again = ImageFolderDataModule(**kwargs)
     again.setup()
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 3
     Image.new("RGB", (32, 32), (255, 0, 0)).save(tmp_path / "data" / "a" / "0.png")
     changed = ImageFolderDataModule(**kwargs)
     changed.setup()
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 4  # the split holding the changed file
     idx = changed.split("train").files + changed.split("val").files + changed.split("test").files
     assert any(f.endswith("a/0.png") for f in idx)
     red = torch.cat([changed.split(s).images for s in ("train", "val", "test")])[
