@@ -93,6 +93,18 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, Classificati
     return dm, built, module
 
 
+def input_spec(preprocess: DevicePreprocess, dm: InMemoryDataModule) -> dict[str, Any]:
+    """What a trained network expects, for predicting and exporting without the training data: the training
+    images' decoded size (others are resized to it, as decoding does), the network's input size, normalisation."""
+    data_size = list(dm.split("train").images.shape[-2:])
+    return {
+        "data_size": data_size,
+        "input_size": [preprocess.img_size] * 2 if preprocess.img_size else data_size,
+        "mean": preprocess.mean.flatten().tolist(),
+        "std": preprocess.std.flatten().tolist(),
+    }
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment into ``cfg.paths.output_dir`` and return its results (also in results.json).
 
@@ -118,6 +130,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["data"] = {"sizes": dm.summary(), "classes": dm.class_names}
         results["params"] = count_params(built.net)
         results["trainable_modules"] = module.trainable
+        results["preprocess"] = input_spec(module.preprocess, dm)
         log.info(
             "%s on %s (%s), %s: %s trainable of %s parameters",
             built.name,

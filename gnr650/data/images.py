@@ -57,7 +57,8 @@ def decode_image(path: str | Path) -> np.ndarray:
         ) from e
 
 
-def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_image(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An HxWx3 uint8 array resized to ``size`` (H, W) as decoding does for images of an odd size."""
     return np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BILINEAR))
 
 
@@ -85,5 +86,5 @@ def decode_images(paths: Sequence[str | Path], size: tuple[int, int] | None = No
             paths[odd[0]],
         )
         for i in odd:
-            arrays[i] = _resize(arrays[i], size)
+            arrays[i] = resize_image(arrays[i], size)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
