@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from gnr650.data import SPLITS, InMemoryDataModule
+from gnr650.data import InMemoryDataModule
 from gnr650.finetune import count_params, feature_cache, trainable_modules
 from gnr650.models import BuiltModel
 from gnr650.runs import (
@@ -23,6 +23,7 @@ from gnr650.runs import (
     check_launch,
     check_writable,
     completed_results,
+    evaluation_fields,
     run_control,
     versions,
     write_results,
@@ -176,10 +177,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ckpt = None
         with control.reading(ckpt):
             trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
-        final = module.final_results
-        results["metrics"] = {f"{s}/{k}": final[s][k] for s in SPLITS for k in ("acc", "acc_macro", "loss")}
-        results["per_class"] = {s: final[s]["per_class"] for s in SPLITS}
-        results["confusion_matrix"] = {s: final[s]["confusion_matrix"] for s in SPLITS}
+        results.update(evaluation_fields(module.final_results))
         results["checkpoint"] = ckpt
         results["feature_cache"] = cache.summary if cache else None
         results["epochs"] = trainer.current_epoch
