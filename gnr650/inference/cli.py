@@ -62,5 +62,33 @@ def predict_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def export_main(argv: list[str] | None = None) -> int:
+    from gnr650.inference.export import ONNX_OPSET, ExportError, export_onnx, export_safetensors
+    from gnr650.inference.trained_run import RunDirError, load_run
+    from gnr650.models import WeightsError
+
+    parser = argparse.ArgumentParser(
+        prog="gnr650-export", description="Export a trained run's network: safetensors for timm, or ONNX."
+    )
+    parser.add_argument("run_dir", type=Path, help="a run directory written by train.py (holds results.json)")
+    parser.add_argument("--format", choices=("safetensors", "onnx"), required=True)
+    parser.add_argument("--out", type=Path, default=None, help="folder (default: <run dir>/exported/<format>)")
+    args = parser.parse_args(argv)
+    prepare_process()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = args.out or args.run_dir / "exported" / args.format
+    try:
+        run = load_run(args.run_dir)
+        if args.format == "safetensors":
+            path = export_safetensors(run, out)
+            log.info("%s and config.json (timm: timm.create_model('local-dir:%s', pretrained=True))", path, out)
+        else:
+            path, diff = export_onnx(run, out)
+            log.info("%s (opset %d), ONNX Runtime vs PyTorch max abs diff %.2e", path, ONNX_OPSET, diff)
+    except (ExportError, RunDirError, WeightsError) as e:
+        raise _fail(parser.prog, e) from e
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(predict_main())
