@@ -29,6 +29,7 @@ from gnr650.runs import (
     write_results,
 )
 from gnr650.runs.preflight import check_override_types
+from gnr650.runs.trackers import instantiate_loggers, log_run_files
 from gnr650.training import ClassificationModule, DevicePreprocess, use_channels_last
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     try:
         pl.seed_everything(cfg.seed, workers=True)
+        loggers = instantiate_loggers(cfg.get("logger"))  # a missing tracker package fails before any work
         dm, built, module = build(cfg)
         results["dataset"] = dm.name
         results["data"] = {"sizes": dm.summary(), "classes": dm.class_names}
@@ -149,7 +151,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             dm,
             module,
         )
-        loggers = instantiate_list(cfg.get("logger"))
+        for logger in loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         configured = instantiate_list(cfg.get("callbacks"))
         control = run_control(
             _checkpoint_dir(configured, out),
@@ -194,6 +197,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if _is_global_zero():
             write_results(out / "results.json", results)
     if _is_global_zero():  # the one rank that wrote it
+        log_run_files(loggers, out)
         log.info(
             "Accuracy train %.4f, val %.4f, test %.4f -> %s",
             results["metrics"]["train/acc"],
