@@ -30,7 +30,7 @@ from gnr650.runs import (
 )
 from gnr650.runs.preflight import check_override_types
 from gnr650.runs.trackers import instantiate_loggers, log_run_files
-from gnr650.training import ClassificationModule, DevicePreprocess, use_channels_last
+from gnr650.training import ClassificationModule, DevicePreprocess, epoch_progress_bar, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.last_ckpt_every_s,
             checkpointing=cfg.trainer.get("enable_checkpointing", True),
         )
-        callbacks = configured + ([cache] if cache else []) + control.callbacks
+        progress = [epoch_progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []
+        callbacks = configured + ([cache] if cache else []) + control.callbacks + progress
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         check_launch(trainer)
         results["resumed_from"] = control.ckpt_path
