@@ -151,8 +151,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             dm,
             module,
         )
-        for logger in loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         configured = instantiate_list(cfg.get("callbacks"))
         control = run_control(
             _checkpoint_dir(configured, out),
@@ -164,6 +162,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.last_ckpt_every_s,
             checkpointing=cfg.trainer.get("enable_checkpointing", True),
         )
+        for logger in loggers:  # after run_control: CSVHistory has read a resumed run's metrics.csv before it opens
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         progress = [epoch_progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []
         callbacks = configured + ([cache] if cache else []) + control.callbacks + progress
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

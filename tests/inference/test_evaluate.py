@@ -9,11 +9,13 @@ import sys
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from gnr650.data import ImageFolderDataModule
 from gnr650.inference import load_run
-from gnr650.inference.evaluate import ClassMismatchError, evaluate
-from tests.helpers import ROOT, write_image
+from gnr650.inference.evaluate import ClassMismatchError, evaluate, run_dataset
+from tests.helpers import CONFIG_DIR, ROOT, write_image
 
 
 def test_eval_py_on_the_runs_own_data_reproduces_results_json(vit_run, tmp_path):
@@ -54,3 +56,20 @@ def test_class_mismatch_names_both_lists(resnet_run, fake_data, tmp_path):
     with pytest.raises(ClassMismatchError) as error:
         evaluate(run, dm, "cpu")
     assert str(["birds", "cats", "dogs"]) in str(error.value) and str(run.class_names) in str(error.value)
+
+
+def _eval_cfg(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("eval", overrides=overrides)
+
+
+def test_eval_config_picks_the_runs_data_or_the_chosen_group_with_the_runs_seed(resnet_run, tmp_path):
+    run = load_run(resnet_run)
+    own = run_dataset(run, _eval_cfg([f"run={resnet_run}"]))
+    assert own == run.config.dataset
+    chosen = run_dataset(run, _eval_cfg([f"run={resnet_run}", "dataset=imagefolder", f"dataset.root={tmp_path}"]))
+    assert chosen._target_ == "gnr650.data.ImageFolderDataModule" and chosen.root == str(tmp_path)
+    assert chosen.seed == run.config.seed
+    seeded = _eval_cfg([f"run={resnet_run}", "dataset=imagefolder", f"dataset.root={tmp_path}", "seed=7"])
+    assert run_dataset(run, seeded).seed == 7
