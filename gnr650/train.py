@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from gnr650.data import SPLITS, InMemoryDataModule
+from gnr650.data import InMemoryDataModule
 from gnr650.data.images import oversized_warning
 from gnr650.finetune import count_params, feature_cache, trainable_modules
 from gnr650.models import BuiltModel
@@ -24,11 +24,13 @@ from gnr650.runs import (
     check_launch,
     check_writable,
     completed_results,
+    evaluation_fields,
     run_control,
     versions,
     write_results,
 )
-from gnr650.training import ClassificationModule, DevicePreprocess, use_channels_last
+from gnr650.runs.trackers import instantiate_loggers, log_run_files
+from gnr650.training import ClassificationModule, DevicePreprocess, epoch_progress_bar, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,18 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, Classificati
     return dm, built, module
 
 
+def input_spec(preprocess: DevicePreprocess, dm: InMemoryDataModule) -> dict[str, Any]:
+    """What a trained network expects, for predicting and exporting without the training data: the training
+    images' decoded size (others are resized to it, as decoding does), the network's input size, normalisation."""
+    data_size = list(dm.split("train").images.shape[-2:])
+    return {
+        "data_size": data_size,
+        "input_size": [preprocess.img_size] * 2 if preprocess.img_size else data_size,
+        "mean": preprocess.mean.flatten().tolist(),
+        "std": preprocess.std.flatten().tolist(),
+    }
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment into ``cfg.paths.output_dir`` and return its results (also in results.json).
 
@@ -116,11 +130,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     try:
         pl.seed_everything(cfg.seed, workers=True)
+        loggers = instantiate_loggers(cfg.get("logger"))  # a missing tracker package fails before any work
         dm, built, module = build(cfg)
         results["dataset"] = dm.name
         results["data"] = {"sizes": dm.summary(), "classes": dm.class_names}
         results["params"] = count_params(built.net)
         results["trainable_modules"] = module.trainable
+        results["preprocess"] = input_spec(module.preprocess, dm)
         log.info(
             "%s on %s (%s), %s: %s trainable of %s parameters",
             built.name,
@@ -138,7 +154,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             dm,
             module,
         )
-        loggers = instantiate_list(cfg.get("logger"))
         configured = instantiate_list(cfg.get("callbacks"))
         control = run_control(
             _checkpoint_dir(configured, out),
@@ -150,7 +165,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.last_ckpt_every_s,
             checkpointing=cfg.trainer.get("enable_checkpointing", True),
         )
-        callbacks = configured + ([cache] if cache else []) + control.callbacks
+        for logger in loggers:  # after run_control: CSVHistory has read a resumed run's metrics.csv before it opens
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        progress = [epoch_progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []
+        callbacks = configured + ([cache] if cache else []) + control.callbacks + progress
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         check_launch(trainer)
         results["resumed_from"] = control.ckpt_path
@@ -166,10 +184,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ckpt = None
         with control.reading(ckpt):
             trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
-        final = module.final_results
-        results["metrics"] = {f"{s}/{k}": final[s][k] for s in SPLITS for k in ("acc", "acc_macro", "loss")}
-        results["per_class"] = {s: final[s]["per_class"] for s in SPLITS}
-        results["confusion_matrix"] = {s: final[s]["confusion_matrix"] for s in SPLITS}
+        results.update(evaluation_fields(module.final_results))
         results["checkpoint"] = ckpt
         results["feature_cache"] = cache.summary if cache else None
         results["epochs"] = trainer.current_epoch
@@ -186,6 +201,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if _is_global_zero():
             write_results(out / "results.json", results)
     if _is_global_zero():  # the one rank that wrote it
+        log_run_files(loggers, out)
         log.info(
             "Accuracy train %.4f, val %.4f, test %.4f -> %s",
             results["metrics"]["train/acc"],

@@ -62,7 +62,7 @@ def decode_image(path: str | Path, size: tuple[int, int] | None = None) -> np.nd
             "remove or replace it and run again."
         ) from e
     if size is not None and arr.shape[:2] != tuple(size):
-        arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BILINEAR))
+        arr = resize_image(arr, size)
     return arr
 
 
@@ -76,6 +76,11 @@ def header_size(path: str | Path) -> tuple[int, int]:
             f"Cannot read the header of image '{path}': {e}. The file is corrupt, empty or not an image; "
             "remove or replace it and run again."
         ) from e
+
+
+def resize_image(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An HxWx3 uint8 array resized to ``size`` (H, W) as decoding does for images of an odd size."""
+    return np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BILINEAR))
 
 
 def check_decode_size(decode_size) -> int | tuple[int, int] | None:

@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from gnr650.data import SPLITS
 from gnr650.files import write_json
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,16 @@ def versions() -> dict[str, str]:
         "pytorch_lightning": pl.__version__,
         "torchmetrics": torchmetrics.__version__,
         "hydra": hydra.__version__,
+    }
+
+
+def evaluation_fields(final: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The metrics, per-class accuracies and confusion matrices of ``ClassificationModule.final_results``, as
+    results.json (and eval_results.json) hold them."""
+    return {
+        "metrics": {f"{s}/{k}": final[s][k] for s in SPLITS for k in ("acc", "acc_macro", "loss")},
+        "per_class": {s: final[s]["per_class"] for s in SPLITS},
+        "confusion_matrix": {s: final[s]["confusion_matrix"] for s in SPLITS},
     }
 
 

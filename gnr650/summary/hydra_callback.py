@@ -21,9 +21,20 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from gnr650.data import SPLITS
+from gnr650.summary.collect import Job
 from gnr650.summary.writer import write_summary
 
 log = logging.getLogger(__name__)
+
+
+def job_line(job: Job) -> str:
+    """One console line per job: its number, label, status, and its accuracies (or its error)."""
+    accuracies = ", ".join(
+        f"{split} {value:.2%}" for split in SPLITS if (value := job.metric(f"{split}/acc")) is not None
+    )
+    detail = accuracies if job.ok else job.error
+    return f"Job {job.num} ({job.label or 'no overrides'}) {job.status}" + (f": {detail}" if detail else "")
 
 
 class SummaryCallback(Callback):
@@ -35,5 +46,5 @@ class SummaryCallback(Callback):
             log.exception("Could not summarise %s; retry with `gnr650-summarize %s`", sweep_dir, sweep_dir)
             return
         log.info("Summary of %d jobs: %s", len(summary.jobs), sweep_dir / "report.html")
-        for job in summary.failed:
-            log.warning("Job %s (%s) %s: %s", job.num, job.label, job.status, job.error)
+        for job in summary.jobs:
+            (log.info if job.ok else log.warning)("%s", job_line(job))

@@ -4,5 +4,6 @@ divergence guard."""
 from gnr650.training.device import on_gpu, use_channels_last
 from gnr650.training.module import ClassificationModule
 from gnr650.training.preprocess import DevicePreprocess
+from gnr650.training.progress import epoch_progress_bar
 
-__all__ = ["ClassificationModule", "DevicePreprocess", "on_gpu", "use_channels_last"]
+__all__ = ["ClassificationModule", "DevicePreprocess", "epoch_progress_bar", "on_gpu", "use_channels_last"]

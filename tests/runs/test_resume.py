@@ -270,14 +270,22 @@ def test_sweep_with_a_failed_job_is_completed_by_rerunning_with_skip_done(tmp_pa
         "batch_size=8",
         "eval_batch_size=64",
         "trainer.accelerator=cpu",
-        "trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=true",
         "trainer.enable_model_summary=false",
         f"paths.cache_dir={tmp_path / 'cache'}",
     ]
-    finish(train_py(args, tmp_path / "sweep"))
+    console = finish(train_py(args, tmp_path / "sweep"))
     (sweep,) = (tmp_path / "sweep" / "outputs" / "train" / "multiruns").iterdir()
     first = {n: read_results(sweep / str(n)) for n in range(3)}
     assert [first[n]["status"] for n in range(3)] == ["completed", "completed", "failed"]
+    # A quiet console: no advertising, no untrue "will be deleted", one progress line per epoch, a line per job.
+    assert "Tip:" not in console and "will be deleted" not in console and "weights_only` was not set" not in console
+    assert sum(line.startswith("Epoch 0/0") for line in console.splitlines()) == 2
+    for n in (0, 1):
+        m = first[n]["metrics"]
+        accuracies = f"train {m['train/acc']:.2%}, val {m['val/acc']:.2%}, test {m['test/acc']:.2%}"
+        assert console.count(f"Job {n} (dataset.root={(good1, good2)[n]}) completed: {accuracies}") == 1
+    assert console.count(f"Job 2 (dataset.root={late}) failed") == 1
 
     make_image_folder(late)  # the cause of the failure is fixed
     out = finish(train_py(args + ["skip_done=true"], tmp_path / "sweep"))

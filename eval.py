@@ -1,0 +1,18 @@
+"""Entry point: ``python eval.py run=<run dir> [dataset=<group> dataset.root=...]``; see configs/eval.yaml."""
+
+import hydra
+from omegaconf import DictConfig
+
+from gnr650.inference.evaluate import hydra_task
+from gnr650.runs import prepare_process
+
+prepare_process()
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    hydra_task(cfg)
+
+
+if __name__ == "__main__":
+    main()

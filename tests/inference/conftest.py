@@ -1,0 +1,26 @@
+"""Tiny trained runs (synthetic data, 32 px, one epoch, random init), built once for the inference tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gnr650.train import train
+from tests.helpers import make_cfg
+
+
+def _train(root: Path, model: str) -> Path:
+    out = root / model
+    train(make_cfg(["debug=smoke", f"model={model}", "trainer.max_epochs=1"], out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def resnet_run(tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("runs"), "resnet18")
+
+
+@pytest.fixture(scope="session")
+def vit_run(tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("runs"), "vit_ti16")
