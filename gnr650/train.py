@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from gnr650.data import SPLITS, InMemoryDataModule
-from gnr650.finetune import count_params, feature_cache, trainable_modules
+from gnr650.finetune import count_params, feature_cache, prepare_strategy
 from gnr650.models import BuiltModel
 from gnr650.runs import (
     RunInterrupted,
@@ -65,7 +65,16 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, Classificati
     dm: InMemoryDataModule = instantiate(cfg.dataset)
     dm.setup()
     built: BuiltModel = instantiate(cfg.model, num_classes=dm.num_classes)
-    trainable = trainable_modules(built, cfg.finetune.train_blocks, cfg.finetune.get("train_head", True))
+    ft = OmegaConf.to_container(cfg.finetune, resolve=True)
+    strategy = prepare_strategy(
+        built,
+        ft["train_blocks"],
+        ft.get("train_head", True),
+        ft.get("train_params"),
+        lora=ft.get("lora"),
+        vpt=ft.get("vpt"),
+        layer_decay=ft.get("layer_decay"),
+    )
     mean, std = (built.mean, built.std) if built.mean is not None else dm.channel_stats()
     channels_last = use_channels_last(
         cfg.get("channels_last", "auto"), cfg.trainer.get("accelerator", "auto"), built.net
@@ -86,9 +95,10 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, Classificati
         built.net,
         preprocess,
         dm.class_names,
-        trainable,
+        strategy.trainable,
         built.head,
         **OmegaConf.to_container(cfg.optimizer, resolve=True),
+        lr_scales=strategy.lr_scales,
     )
     return dm, built, module
 
