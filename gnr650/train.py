@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from gnr650.data import SPLITS, InMemoryDataModule
 from gnr650.finetune import count_params, feature_cache, prepare_strategy
+from gnr650.finetune.knn import KNNBank, KNNClassifier
 from gnr650.models import BuiltModel
 from gnr650.runs import (
     RunInterrupted,
@@ -157,7 +158,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.last_ckpt_every_s,
             checkpointing=cfg.trainer.get("enable_checkpointing", True),
         )
-        callbacks = configured + ([cache] if cache else []) + control.callbacks
+        knn = cfg.finetune.get("knn")
+        knn_bank = (
+            KNNBank(built.head[-1], KNNClassifier(dm.num_classes, **knn), len(dm.split("train"))) if knn else None
+        )
+        callbacks = configured + [c for c in (cache, knn_bank) if c] + control.callbacks
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         check_launch(trainer)
         results["resumed_from"] = control.ckpt_path
