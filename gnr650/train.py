@@ -186,6 +186,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["feature_cache"] = cache.summary if cache else None
         results["epochs"] = trainer.current_epoch
         results["timing"] = {"fit_s": round(fit_s, 3), "total_s": round(time.perf_counter() - start, 3)}
+        seen = module.images_seen * trainer.world_size
+        results["throughput"] = round(seen / fit_s, 1) if seen and fit_s > 0 else None  # training images/s
+        results["peak_memory"] = peak_memory_mb(trainer.strategy.root_device)
         results["status"] = "completed"
     except BaseException as e:
         results["status"] = "failed"
@@ -206,6 +209,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             out / "results.json",
         )
     return results
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of the run so far, in MB: allocated on the GPU, else the process's peak resident size (CPU)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource  # POSIX only, as is the CPU path it measures
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1)  # Linux reports KiB
 
 
 def _is_global_zero() -> bool:

@@ -77,6 +77,8 @@ class ClassificationModule(pl.LightningModule):
         self.final_results: dict[str, dict] = {}
         # Set by gnr650.finetune.feature_cache: batches then hold the frozen prefix's output and only this runs on them.
         self.suffix = None
+        # Training images this process has stepped on (not checkpointed: a resumed run counts its own), for images/s.
+        self.images_seen = 0
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -104,6 +106,7 @@ class ClassificationModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, logits, y = self._step(batch)
+        self.images_seen += len(y)
         self.train_metrics.update(logits, y)
         self.train_loss.update(loss.detach(), weight=y.numel())
         return loss
