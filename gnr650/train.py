@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from gnr650.data import SPLITS, InMemoryDataModule
-from gnr650.finetune import count_params, feature_cache, prepare_strategy
+from gnr650.finetune import StrategyError, count_params, feature_cache, prepare_strategy
 from gnr650.finetune.knn import KNNBank, KNNClassifier
 from gnr650.models import BuiltModel
 from gnr650.runs import (
@@ -30,6 +31,7 @@ from gnr650.runs import (
 )
 from gnr650.runs.preflight import check_override_types
 from gnr650.training import ClassificationModule, DevicePreprocess, use_channels_last
+from gnr650.training.head_grid import HeadGridModule
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,19 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, Classificati
         crop_padding=dm.crop_padding,
         channels_last=channels_last,
     )
-    module = ClassificationModule(
+    if ft.get("head_grid") and (
+        ft["train_blocks"] != 0 or not ft.get("train_head", True) or len(strategy.trainable) > len(built.head)
+    ):
+        raise StrategyError(
+            f"finetune.head_grid=true trains linear heads on frozen features: use it with finetune=last "
+            f"(got finetune={ft.get('name')})."
+        )
+    grid = (
+        {"lrs": list(ft["head_grid_lrs"]), "weight_decays": list(ft["head_grid_weight_decays"])}
+        if ft.get("head_grid")
+        else {}
+    )
+    module = (partial(HeadGridModule, **grid) if grid else ClassificationModule)(
         built.net,
         preprocess,
         dm.class_names,
@@ -184,6 +198,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["confusion_matrix"] = {s: final[s]["confusion_matrix"] for s in SPLITS}
         results["checkpoint"] = ckpt
         results["feature_cache"] = cache.summary if cache else None
+        if isinstance(module, HeadGridModule):
+            results["head_grid"] = {"settings": module.grid_results, "chosen": module.grid_results[module.best]}
         results["epochs"] = trainer.current_epoch
         results["timing"] = {"fit_s": round(fit_s, 3), "total_s": round(time.perf_counter() - start, 3)}
         seen = module.images_seen * trainer.world_size

@@ -23,19 +23,23 @@ def adamw_warmup_cosine(
     epochs: int,
     device: torch.device,
     lr_scales: Mapping[str, float] | None = None,
+    weight_decays: Mapping[str, float] | None = None,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``net``'s trainable parameters and its per-step schedule.
 
     ``hp`` holds ``lr_head``, ``lr_backbone``, ``weight_decay``, ``betas``, ``warmup_epochs`` and
     ``min_lr_ratio`` (the ``optimizer`` config). ``head`` modules use ``lr_head``, the rest
     ``lr_backbone``; biases and norms (parameters of fewer than 2 dimensions) get no weight decay.
-    ``lr_scales`` (by parameter name, e.g. layer-wise decay from ``gnr650.finetune``) multiply those rates.
+    ``lr_scales`` (by parameter name, e.g. layer-wise decay from ``gnr650.finetune``) multiply those rates;
+    ``weight_decays`` (by name) replace ``weight_decay`` for those parameters (a grid of heads).
     """
-    scales = lr_scales or {}
-    groups: dict[tuple[str, bool, float], list[nn.Parameter]] = {}
+    scales, decays = lr_scales or {}, weight_decays or {}
+    groups: dict[tuple[str, bool, float, float], list[nn.Parameter]] = {}
     for name, p in net.named_parameters():
         if p.requires_grad:
-            key = ("head" if is_under(name, head) else "backbone", p.ndim >= 2, scales.get(name, 1.0))
+            decay = p.ndim >= 2
+            wd = decays.get(name, hp.weight_decay) if decay else 0.0
+            key = ("head" if is_under(name, head) else "backbone", decay, wd, scales.get(name, 1.0))
             groups.setdefault(key, []).append(p)
     if not groups:
         raise RuntimeError(
@@ -45,10 +49,11 @@ def adamw_warmup_cosine(
         {
             "params": ps,
             "lr": (hp.lr_head if part == "head" else hp.lr_backbone) * scale,
-            "weight_decay": hp.weight_decay if decay else 0.0,
-            "name": f"{part}{'' if decay else '_no_decay'}{'' if scale == 1.0 else f'_x{scale:.4g}'}",
+            "weight_decay": wd,
+            "name": f"{part}{'' if decay else '_no_decay'}{'' if scale == 1.0 else f'_x{scale:.4g}'}"
+            + ("" if wd in (hp.weight_decay, 0.0) else f"_wd{wd:.4g}"),
         }
-        for (part, decay, scale), ps in groups.items()
+        for (part, decay, wd, scale), ps in groups.items()
     ]
     # One fused kernel per step on GPU and CPU: on the CPU the per-tensor loop can cost more than the step's
     # convolutions.
