@@ -21,9 +21,7 @@ STRATEGIES = {
 }
 
 
-@pytest.mark.parametrize(
-    "strategy", [pytest.param(s, marks=[] if s == "lora" else pytest.mark.slow) for s in STRATEGIES]
-)
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=pytest.mark.slow) for s in STRATEGIES])
 def test_interrupted_strategy_resumes_exactly(strategy, tmp_path):
     args = RUN + STRATEGIES[strategy]
     reference = train(make_cfg(args, tmp_path / "reference"))
