@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from gnr650.data import InMemoryDataModule
 from gnr650.data.images import oversized_warning
-from gnr650.finetune import count_params, feature_cache, trainable_modules
+from gnr650.finetune import StrategyError, count_params, feature_cache, prepare_strategy
+from gnr650.finetune.knn import KNNBank, KNNClassifier
 from gnr650.models import BuiltModel
 from gnr650.runs import (
     RunInterrupted,
@@ -31,6 +33,7 @@ from gnr650.runs import (
 )
 from gnr650.runs.trackers import instantiate_loggers, log_run_files
 from gnr650.training import ClassificationModule, DevicePreprocess, epoch_progress_bar, use_channels_last
+from gnr650.training.head_grid import HeadGridModule
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,16 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, Classificati
     oversized = oversized_warning(dm.split("train").images.shape[-2:], built.img_size, dm.storage.decode_size)
     if oversized:
         log.warning(oversized)
-    trainable = trainable_modules(built, cfg.finetune.train_blocks, cfg.finetune.get("train_head", True))
+    ft = OmegaConf.to_container(cfg.finetune, resolve=True)
+    strategy = prepare_strategy(
+        built,
+        ft["train_blocks"],
+        ft.get("train_head", True),
+        ft.get("train_params"),
+        lora=ft.get("lora"),
+        vpt=ft.get("vpt"),
+        layer_decay=ft.get("layer_decay"),
+    )
     mean, std = (built.mean, built.std) if built.mean is not None else dm.channel_stats()
     channels_last = use_channels_last(
         cfg.get("channels_last", "auto"), cfg.trainer.get("accelerator", "auto"), built.net
@@ -87,13 +99,26 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, Classificati
         crop_padding=dm.crop_padding,
         channels_last=channels_last,
     )
-    module = ClassificationModule(
+    if ft.get("head_grid") and (
+        ft["train_blocks"] != 0 or not ft.get("train_head", True) or len(strategy.trainable) > len(built.head)
+    ):
+        raise StrategyError(
+            f"finetune.head_grid=true trains linear heads on frozen features: use it with finetune=last "
+            f"(got finetune={ft.get('name')})."
+        )
+    grid = (
+        {"lrs": list(ft["head_grid_lrs"]), "weight_decays": list(ft["head_grid_weight_decays"])}
+        if ft.get("head_grid")
+        else {}
+    )
+    module = (partial(HeadGridModule, **grid) if grid else ClassificationModule)(
         built.net,
         preprocess,
         dm.class_names,
-        trainable,
+        strategy.trainable,
         built.head,
         **OmegaConf.to_container(cfg.optimizer, resolve=True),
+        lr_scales=strategy.lr_scales,
     )
     return dm, built, module
 
@@ -168,7 +193,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:  # after run_control: CSVHistory has read a resumed run's metrics.csv before it opens
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         progress = [epoch_progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []
-        callbacks = configured + ([cache] if cache else []) + control.callbacks + progress
+        knn = cfg.finetune.get("knn")
+        knn_bank = (
+            KNNBank(built.head[-1], KNNClassifier(dm.num_classes, **knn), len(dm.split("train"))) if knn else None
+        )
+        callbacks = configured + [c for c in (cache, knn_bank) if c] + control.callbacks + progress
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         check_launch(trainer)
         results["resumed_from"] = control.ckpt_path
@@ -187,8 +216,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results.update(evaluation_fields(module.final_results))
         results["checkpoint"] = ckpt
         results["feature_cache"] = cache.summary if cache else None
+        if isinstance(module, HeadGridModule):
+            results["head_grid"] = {"settings": module.grid_results, "chosen": module.grid_results[module.best]}
         results["epochs"] = trainer.current_epoch
         results["timing"] = {"fit_s": round(fit_s, 3), "total_s": round(time.perf_counter() - start, 3)}
+        seen = module.images_seen * trainer.world_size
+        results["throughput"] = round(seen / fit_s, 1) if seen and fit_s > 0 else None  # training images/s
+        results["peak_memory"] = peak_memory_mb(trainer.strategy.root_device)
         results["status"] = "completed"
     except BaseException as e:
         results["status"] = "failed"
@@ -210,6 +244,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             out / "results.json",
         )
     return results
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of the run so far, in MB: allocated on the GPU, else the process's peak resident size (CPU)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource  # POSIX only, as is the CPU path it measures
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1)  # Linux reports KiB
 
 
 def _is_global_zero() -> bool:

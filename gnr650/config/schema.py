@@ -19,6 +19,32 @@ from omegaconf import MISSING
 
 
 @dataclass
+class LoraSchema:
+    """``finetune.lora`` (gnr650/finetune/lora.py)."""
+
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["attn.qkv"])
+
+
+@dataclass
+class VptSchema:
+    """``finetune.vpt`` (gnr650/finetune/vpt.py)."""
+
+    tokens: int = 10
+    deep: bool = False
+
+
+@dataclass
+class KnnSchema:
+    """``finetune.knn`` (gnr650/finetune/knn.py)."""
+
+    k: int = 20
+    temperature: float = 0.07
+
+
+@dataclass
 class FinetuneSchema:
     """configs/finetune/*.yaml: what trains (gnr650/finetune/strategies.py)."""
 
@@ -29,6 +55,15 @@ class FinetuneSchema:
     # something frozen before the first trainable block), true = refuse the run where not, false = off.
     cache_features: Any = "auto"
     cache_max_gb: float = 16.0
+    # The strategy zoo: parameters selected by kind (bias / norm), adapters, prompts, layer decay, k-NN, head grid.
+    train_params: Any = None
+    lora: LoraSchema | None = None
+    vpt: VptSchema | None = None
+    layer_decay: float | None = None
+    knn: KnnSchema | None = None
+    head_grid: bool = False
+    head_grid_lrs: list[float] = field(default_factory=lambda: [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3])
+    head_grid_weight_decays: list[float] = field(default_factory=lambda: [0.0, 1.0e-4, 0.05])
 
 
 @dataclass

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import reduce
+from functools import partial, reduce
 from typing import Any
 
 import pytorch_lightning as pl
@@ -44,9 +44,16 @@ def _vit_stages(net: nn.Module) -> list[Stage]:
     def embed(x):
         return net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(x))))
 
+    # VPT's prompted blocks (gnr650.finetune.vpt) insert their prompts as they run each block.
+    run = getattr(net.blocks, "run_block", None)
+    blocks = (
+        [((f"blocks.{i}", "blocks.prompts"), partial(run, i)) for i in range(len(net.blocks))]
+        if run
+        else [((f"blocks.{i}",), block) for i, block in enumerate(net.blocks)]
+    )
     return (
         [(("patch_embed", "cls_token", "reg_token", "pos_embed", "patch_drop", "norm_pre"), embed)]
-        + [((f"blocks.{i}",), block) for i, block in enumerate(net.blocks)]
+        + blocks
         + [
             (("norm",), net.norm),
             (("attn_pool", "fc_norm"), lambda x: net.fc_norm(net.pool(x))),

@@ -1,4 +1,10 @@
-"""Fine-tuning strategies as module names: which parts train; everything else is frozen and kept in eval mode."""
+"""Fine-tuning strategies as module or parameter names: which parts train; everything else is frozen.
+
+A strategy is a list of names (``apply_freeze`` sets ``requires_grad`` from it, the one place where
+freezing happens). A module name trains the whole module, which runs in train mode; a parameter name
+(``bitfit``: ``blocks.0.attn.qkv.bias``) trains that tensor only, and its module stays in eval mode, so
+partly trained BatchNorm layers keep their running statistics fixed (``set_mode``).
+"""
 
 from __future__ import annotations
 
@@ -11,19 +17,29 @@ from torch import nn
 from gnr650.models import BuiltModel
 
 WHOLE = ""  # module name of the whole network
+# Normalisation layers whose affine weight and bias ``norm`` trains (timm's LayerNorm2d etc. subclass these).
+NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+PARAM_SELECTIONS = ("bias", "norm")
 
 
 class StrategyError(ValueError):
     """A fine-tuning setting this model cannot do; the message says what it can."""
 
 
-def trainable_modules(built: BuiltModel, train_blocks: int | str, train_head: bool = True) -> list[str]:
-    """Names of the modules to train.
+def trainable_modules(
+    built: BuiltModel, train_blocks: int | str, train_head: bool = True, train_params: str | None = None
+) -> list[str]:
+    """Names of the modules (and parameters) to train.
 
     ``train_blocks``: ``"all"`` (the whole network, stem and embeddings included) or k, the last k
     blocks plus the neck (e.g. ViT's final norm). The head trains when ``train_head``; training
-    blocks under a frozen, freshly initialised head is refused.
+    blocks under a frozen, freshly initialised head is refused. ``train_params`` adds single
+    parameters anywhere in the network: ``bias`` (BitFit) or ``norm`` (normalisation affine weights).
     """
+    if train_params is not None and train_params not in PARAM_SELECTIONS:
+        raise StrategyError(
+            f"finetune.train_params must be one of {', '.join(PARAM_SELECTIONS)} or null (got {train_params!r})."
+        )
     n = len(built.blocks)
     if train_blocks == "all":
         if not train_head:
@@ -49,7 +65,25 @@ def trainable_modules(built: BuiltModel, train_blocks: int | str, train_head: bo
         names += built.neck
     if train_head:
         names += built.head
-    return [m for m in names if _has_module(built.net, m)]
+    names = [m for m in names if _has_module(built.net, m)]
+    if train_params is not None:
+        if train_params == "norm" and not any(isinstance(m, NORM_LAYERS) for m in built.net.modules()):
+            raise StrategyError(f"finetune=norm: {built.name} has no normalisation layers to train.")
+        names += [p for p in parameter_names(built.net, train_params) if not is_under(p, names)]
+    return names
+
+
+def parameter_names(net: nn.Module, selection: str) -> list[str]:
+    """Every bias (``bias``: linear, conv and norm layers alike), or the affine parameters of every
+    normalisation layer (``norm``), in network order."""
+    if selection == "bias":
+        return [name for name, _ in net.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
+    return [
+        f"{module_name}.{name}" if module_name else name
+        for module_name, module in net.named_modules()
+        if isinstance(module, NORM_LAYERS)
+        for name, _ in module.named_parameters(recurse=False)
+    ]
 
 
 def _has_module(net: nn.Module, name: str) -> bool:
@@ -72,13 +106,18 @@ def apply_freeze(net: nn.Module, trainable: list[str]) -> None:
 
 
 def set_mode(net: nn.Module, trainable: list[str], training: bool) -> None:
-    """Train mode only for trainable modules: frozen BatchNorm statistics and dropout stay fixed."""
+    """Train mode only for trainable modules: frozen BatchNorm statistics and dropout stay fixed.
+
+    Parameter names switch no module: a BatchNorm whose affine parameters train (``bitfit``, ``norm``)
+    keeps the statistics it was loaded with, so it normalises alike in training and evaluation.
+    """
     if not training or WHOLE in trainable:
         net.train(training)
         return
     net.eval()
     for name in trainable:
-        net.get_submodule(name).train()
+        if _has_module(net, name):
+            net.get_submodule(name).train()
 
 
 @contextmanager

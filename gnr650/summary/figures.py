@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from gnr650.summary.collect import Job, read_curves, read_kernel_norms
+from gnr650.summary.collect import Job, format_label, read_curves, read_kernel_norms
 from gnr650.summary.tables import ACCURACIES
 
 
@@ -47,6 +47,32 @@ def accuracy_figure(jobs: list[Job]) -> Figure | None:
     ax.set_title("Train, validation and test accuracy per job")
     ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=8)
+    return fig
+
+
+def params_accuracy_figure(jobs: list[Job]) -> Figure | None:
+    """Test accuracy against trainable parameters (log axis; 0 on its linear stretch), one point per swept
+    setting other than the seed (per strategy): the mean over its completed seeds, the std as an error bar."""
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for job in jobs:
+        trainable, acc = (job.results.get("params") or {}).get("trainable"), job.metric("test/acc")
+        if job.ok and trainable is not None and acc is not None:
+            label = format_label({k: v for k, v in job.swept.items() if k != "seed"}) or job.label
+            groups.setdefault(label, []).append((trainable, 100 * acc))
+    if not groups:
+        return None
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (name, points) in enumerate(groups.items()):
+        counts, accs = zip(*points)
+        x, y = float(np.mean(counts)), float(np.mean(accs))
+        ax.errorbar(x, y, yerr=float(np.std(accs, ddof=1)) if len(accs) > 1 else None, fmt="o", color=colour(i))
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("Trainable parameters (log)")
+    ax.set_ylabel("Test accuracy (%)")
+    ax.set_title("Test accuracy against trainable parameters, per strategy")
+    ax.grid(alpha=0.3)
     return fig
 
 

@@ -47,6 +47,8 @@ def job_records(jobs: list[Job]) -> list[dict]:
                 "total_params": params.get("total"),
                 "fit_s": timing.get("fit_s"),
                 "total_s": timing.get("total_s"),
+                "images_per_s": job.results.get("throughput"),
+                "peak_memory_mb": job.results.get("peak_memory"),
                 "run_dir": str(job.dir),
             }
         )
@@ -93,7 +95,15 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def job_table(jobs: list[Job]) -> Table:
     """The reference table, one row per job, plus parameters, fit time and status."""
-    headers = ["Model", *(title for _, title in ACCURACIES), "Trainable Params", "Fit Time", "Status"]
+    headers = [
+        "Model",
+        *(title for _, title in ACCURACIES),
+        "Trainable Params",
+        "Fit Time",
+        "Images/s",
+        "Peak Memory",
+        "Status",
+    ]
     rows = []
     for job, rec in zip(jobs, job_records(jobs)):
         status = job.status if job.ok else f"{job.status}: {job.error}"
@@ -103,6 +113,8 @@ def job_table(jobs: list[Job]) -> Table:
                 *(percent(rec[name]) for name, _ in ACCURACIES),
                 params(rec["trainable_params"], rec["total_params"]),
                 duration(rec["fit_s"]),
+                MISSING if rec["images_per_s"] is None else f"{rec['images_per_s']:,.0f}",
+                MISSING if rec["peak_memory_mb"] is None else f"{rec['peak_memory_mb']:,.0f} MB",
                 status,
             ]
         )

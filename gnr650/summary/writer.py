@@ -71,6 +71,12 @@ def _figures(jobs: list[Job]):
         jobs,
     )
     yield _draw(
+        "params_accuracy.png",
+        "Test accuracy against trainable parameters per strategy (mean ± std over seeds).",
+        figures.params_accuracy_figure,
+        jobs,
+    )
+    yield _draw(
         "curves.png",
         "Validation accuracy and training loss per epoch for every job; "
         "a dashed line is a job without training (its final validation accuracy).",

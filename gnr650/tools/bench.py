@@ -202,7 +202,7 @@ def run_plain(cfg: DictConfig) -> Run:
         images, labels = data["train"]
         batch, n, k = dm.batch_size, len(labels), dm.num_classes
         optimizer, schedule = adamw_warmup_cosine(
-            net, built.head, cfg.optimizer, epochs * math.ceil(n / batch), epochs, device
+            net, built.head, cfg.optimizer, epochs * math.ceil(n / batch), epochs, device, module.lr_scales
         )
         autocast = lambda: _autocast(str(cfg.trainer.precision), device)  # noqa: E731
 

@@ -31,7 +31,8 @@ class ClassificationModule(pl.LightningModule):
     """Cross-entropy classifier over ``net``.
 
     ``trainable`` names the modules that learn (see ``gnr650.finetune.strategies``); the others are frozen and
-    stay in eval mode. ``head`` parameters use ``lr_head``, the rest ``lr_backbone``. The test stage
+    stay in eval mode. ``head`` parameters use ``lr_head``, the rest ``lr_backbone``, each times its
+    ``lr_scales`` entry (layer-wise decay) if given. The test stage
     is the final evaluation: dataloaders in ``SPLITS`` order, each split measured separately.
     """
 
@@ -49,9 +50,11 @@ class ClassificationModule(pl.LightningModule):
         warmup_epochs: float = 1.0,
         min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.0,
+        lr_scales: dict[str, float] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "preprocess"])
+        self.save_hyperparameters(ignore=["net", "preprocess", "lr_scales"])
+        self.lr_scales = lr_scales
         self.net = net
         self.preprocess = preprocess
         self.class_names = list(class_names)
@@ -79,6 +82,8 @@ class ClassificationModule(pl.LightningModule):
         self.final_results: dict[str, dict] = {}
         # Set by gnr650.finetune.feature_cache: batches then hold the frozen prefix's output and only this runs on them.
         self.suffix = None
+        # Training images this process has stepped on (not checkpointed: a resumed run counts its own), for images/s.
+        self.images_seen = 0
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -106,6 +111,7 @@ class ClassificationModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, logits, y = self._step(batch)
+        self.images_seen += len(y)
         self.train_metrics.update(logits, y)
         self.train_loss.update(loss.detach(), weight=y.numel())
         return loss
@@ -180,5 +186,6 @@ class ClassificationModule(pl.LightningModule):
             self.trainer.estimated_stepping_batches,
             self.trainer.max_epochs,
             self.device,
+            self.lr_scales,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -6,6 +6,7 @@ One definition, used by the LightningModule and by the benchmark's plain loop, s
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -15,18 +16,31 @@ from gnr650.finetune.strategies import is_under
 
 
 def adamw_warmup_cosine(
-    net: nn.Module, head: list[str], hp: Any, total_steps: int, epochs: int, device: torch.device
+    net: nn.Module,
+    head: list[str],
+    hp: Any,
+    total_steps: int,
+    epochs: int,
+    device: torch.device,
+    lr_scales: Mapping[str, float] | None = None,
+    weight_decays: Mapping[str, float] | None = None,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``net``'s trainable parameters and its per-step schedule.
 
     ``hp`` holds ``lr_head``, ``lr_backbone``, ``weight_decay``, ``betas``, ``warmup_epochs`` and
     ``min_lr_ratio`` (the ``optimizer`` config). ``head`` modules use ``lr_head``, the rest
     ``lr_backbone``; biases and norms (parameters of fewer than 2 dimensions) get no weight decay.
+    ``lr_scales`` (by parameter name, e.g. layer-wise decay from ``gnr650.finetune``) multiply those rates;
+    ``weight_decays`` (by name) replace ``weight_decay`` for those parameters (a grid of heads).
     """
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    scales, decays = lr_scales or {}, weight_decays or {}
+    groups: dict[tuple[str, bool, float, float], list[nn.Parameter]] = {}
     for name, p in net.named_parameters():
         if p.requires_grad:
-            groups.setdefault(("head" if is_under(name, head) else "backbone", p.ndim >= 2), []).append(p)
+            decay = p.ndim >= 2
+            wd = decays.get(name, hp.weight_decay) if decay else 0.0
+            key = ("head" if is_under(name, head) else "backbone", decay, wd, scales.get(name, 1.0))
+            groups.setdefault(key, []).append(p)
     if not groups:
         raise RuntimeError(
             "No trainable parameters: this strategy has nothing to fit (use finetune=frozen to only evaluate)."
@@ -34,11 +48,12 @@ def adamw_warmup_cosine(
     param_groups = [
         {
             "params": ps,
-            "lr": hp.lr_head if part == "head" else hp.lr_backbone,
-            "weight_decay": hp.weight_decay if decay else 0.0,
-            "name": f"{part}{'' if decay else '_no_decay'}",
+            "lr": (hp.lr_head if part == "head" else hp.lr_backbone) * scale,
+            "weight_decay": wd,
+            "name": f"{part}{'' if decay else '_no_decay'}{'' if scale == 1.0 else f'_x{scale:.4g}'}"
+            + ("" if wd in (hp.weight_decay, 0.0) else f"_wd{wd:.4g}"),
         }
-        for (part, decay), ps in groups.items()
+        for (part, decay, wd, scale), ps in groups.items()
     ]
     # One fused kernel per step on GPU and CPU: on the CPU the per-tensor loop can cost more than the step's
     # convolutions.

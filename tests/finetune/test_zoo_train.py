@@ -1,0 +1,35 @@
+"""Every zoo strategy through train(cfg): a completed results.json like the seed's four, the cache where exact."""
+
+import pytest
+import torch
+
+from gnr650.finetune.feature_cache import FeatureCacheError
+from gnr650.train import train
+from tests.helpers import make_cfg
+
+SMOKE = ["debug=smoke", "model=vit_ti16", "trainer.max_epochs=1", "logger=none", "callbacks=none"]
+
+
+@pytest.fixture(scope="module")
+def last_metric_keys(tmp_path_factory):
+    return set(train(make_cfg(SMOKE + ["finetune=last"], tmp_path_factory.mktemp("last")))["metrics"])
+
+
+@pytest.mark.parametrize(
+    "strategy,cached_at",
+    [("bitfit", None), ("norm", "blocks.0"), ("lora", "blocks.0"), ("vpt", "blocks.0"), ("llrd", None)],
+)
+def test_strategy_trains_and_reports_like_the_others(strategy, cached_at, last_metric_keys, tmp_path):
+    results = train(make_cfg(SMOKE + [f"finetune={strategy}"], tmp_path))
+    assert results["status"] == "completed" and set(results["metrics"]) == last_metric_keys
+    assert 0 < results["params"]["trainable"] <= results["params"]["total"]
+    assert (results["feature_cache"] or {}).get("at") == cached_at
+    if strategy == "lora":  # the best checkpoint (evaluated) holds the adapted model, adapters trained
+        state = torch.load(results["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+        lora_b = [v for k, v in state.items() if ".lora_B." in k]
+        assert len(lora_b) == 12 and all(v.abs().sum() > 0 for v in lora_b)
+
+
+def test_cache_refused_where_the_embeddings_train(tmp_path):
+    with pytest.raises(FeatureCacheError, match="nothing before the first trainable module is frozen"):
+        train(make_cfg(SMOKE + ["finetune=bitfit", "finetune.cache_features=true"], tmp_path))

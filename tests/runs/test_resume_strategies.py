@@ -1,0 +1,41 @@
+"""Every zoo strategy resumes after an interruption with the metrics of an uninterrupted run (adapters, prompts,
+per-layer learning rates and the head grid included)."""
+
+import signal
+
+import pytest
+
+from gnr650.runs.last_checkpoint import RunInterrupted
+from gnr650.train import train
+from tests.helpers import make_cfg
+from tests.runs.test_resume import SignalAt, assert_same_metrics
+
+RUN = ["debug=smoke", "model=vit_ti16", "trainer.max_epochs=2", "logger=none", "callbacks=none"]  # 4 steps an epoch
+STRATEGIES = {
+    "bitfit": ["finetune=bitfit"],
+    "norm": ["finetune=norm"],
+    "lora": ["finetune=lora"],
+    "llrd": ["finetune=llrd"],
+    "vpt_deep": ["finetune=vpt", "finetune.vpt.deep=true"],
+    "head_grid": ["finetune=last", "finetune.head_grid=true"],
+}
+
+
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=pytest.mark.slow) for s in STRATEGIES])
+def test_interrupted_strategy_resumes_exactly(strategy, tmp_path):
+    args = RUN + STRATEGIES[strategy]
+    reference = train(make_cfg(args, tmp_path / "reference"))
+    interrupt = [
+        f"+callbacks.signal._target_={SignalAt.__module__}.SignalAt",
+        "+callbacks.signal.epoch=1",
+        "+callbacks.signal.batch=1",
+        f"+callbacks.signal.signum={int(signal.SIGINT)}",
+    ]
+    with pytest.raises(RunInterrupted):
+        train(make_cfg(args + interrupt, tmp_path / "run"))
+    resumed = train(make_cfg(args + interrupt + ["resume=true"], tmp_path / "run"))
+    assert resumed["resumed_from"] is not None
+    assert_same_metrics(resumed["metrics"], reference["metrics"])
+    if strategy == "head_grid":
+        accs = [[s["val_acc"] for s in r["head_grid"]["settings"]] for r in (resumed, reference)]
+        assert accs[0] == accs[1] and resumed["head_grid"]["chosen"]["lr"] == reference["head_grid"]["chosen"]["lr"]

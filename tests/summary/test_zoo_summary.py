@@ -1,0 +1,60 @@
+"""The strategy-zoo additions to the summary: accuracy against trainable parameters, images/s and peak memory."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gnr650.summary import collect_jobs, write_summary
+from gnr650.summary.figures import params_accuracy_figure
+from tests.helpers import make_cfg
+from tests.summary.jobs import make_job
+
+
+def _zoo(root: Path) -> Path:
+    accs = {("lora", 0): 0.90, ("lora", 1): 0.94, ("last", 0): 0.80, ("last", 1): 0.80}
+    for num, ((finetune, seed), acc) in enumerate(accs.items()):
+        job = make_job(root, num, [f"finetune={finetune}", f"seed={seed}"], acc=(acc, acc, acc))
+        results = json.loads((job / "results.json").read_text())
+        results |= {"throughput": 1000.0 + num, "peak_memory": 200.0 + num}
+        (job / "results.json").write_text(json.dumps(results))
+    return root
+
+
+def test_one_point_per_strategy_at_the_mean_over_seeds(tmp_path):
+    jobs = collect_jobs(_zoo(tmp_path))
+    ax = params_accuracy_figure(jobs).axes[0]
+    points = [line.get_xydata()[0] for line in ax.lines if line.get_marker() == "o"]
+    # make_job gives job num n 2,000 * (n + 1) trainable parameters
+    assert np.allclose(points, [(3_000, 92.0), (7_000, 80.0)])
+    assert ax.get_xscale() == "symlog" and [t.get_text() for t in ax.texts] == ["finetune=lora", "finetune=last"]
+
+
+def test_table_lists_images_per_second_and_peak_memory(tmp_path):
+    write_summary(_zoo(tmp_path))
+    rows = json.loads((tmp_path / "summary.json").read_text())["jobs"]
+    assert [(r["images_per_s"], r["peak_memory_mb"]) for r in rows] == [(1000.0 + n, 200.0 + n) for n in range(4)]
+    md = (tmp_path / "summary.md").read_text()
+    assert "| Images/s | Peak Memory |" in md and "| 1,003 | 203 MB |" in md
+    assert (tmp_path / "params_accuracy.png").stat().st_size > 0
+
+
+def test_strategies_preset_sweeps_the_whole_zoo(tmp_path):
+    cfg = make_cfg(["experiment=eurosat-vit-strategies"], tmp_path)
+    assert cfg.task_name == "eurosat-vit-strategies" and cfg.model.name == "vit_b16"
+    from hydra.core.hydra_config import HydraConfig
+
+    swept = HydraConfig.get().sweeper.params["finetune"].split(",")
+    configs = {p.stem for p in (Path(__file__).parents[2] / "configs" / "finetune").glob("*.yaml")}
+    assert set(swept) == configs
+
+
+def test_train_records_speed_and_memory(tmp_path):
+    from gnr650.train import train
+
+    overrides = ["debug=smoke", "model=resnet18", "trainer.max_epochs=2", "logger=none", "callbacks=none"]
+    results = train(make_cfg(overrides, tmp_path))
+    seen = 2 * results["data"]["sizes"]["train"]  # two epochs over the train split
+    assert results["throughput"] == pytest.approx(seen / results["timing"]["fit_s"], rel=0.01)
+    assert results["peak_memory"] > 100  # MB: the process holds torch at least
