@@ -9,10 +9,12 @@ from gnr650.interpret.callbacks import (
     KernelNormExport,
     ViTWeightNormExport,
 )
+from gnr650.interpret.change import ChangeAnalysis
 
 __all__ = [
     "ArtifactExport",
     "AttentionExport",
+    "ChangeAnalysis",
     "FeatureMapExport",
     "KernelImageExport",
     "KernelNormExport",
