@@ -17,6 +17,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from gnr650.data import SPLITS, InMemoryDataModule
 from gnr650.finetune import count_params, feature_cache, trainable_modules
+from gnr650.interpret.callbacks import weights_epoch
+from gnr650.interpret.predictions import save_test_predictions
 from gnr650.models import BuiltModel
 from gnr650.runs import (
     RunInterrupted,
@@ -164,6 +166,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with control.reading(ckpt):
             trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
         final = module.final_results
+        if _is_global_zero() and module.test_predictions:
+            if trainer.world_size == 1:
+                save_test_predictions(out / "artifacts", module.test_predictions, weights_epoch(trainer))
+            else:  # each rank saw a shard of the test split
+                log.info("test_predictions.npz is not written under DDP (%d processes).", trainer.world_size)
         results["metrics"] = {f"{s}/{k}": final[s][k] for s in SPLITS for k in ("acc", "acc_macro", "loss")}
         results["per_class"] = {s: final[s]["per_class"] for s in SPLITS}
         results["confusion_matrix"] = {s: final[s]["confusion_matrix"] for s in SPLITS}

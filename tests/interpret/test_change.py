@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,6 +84,7 @@ def test_end_labels_name_the_epoch_of_the_weights_shown(tmp_path, caplog):
                 "trainer.max_epochs=3",
                 "callbacks=[default,resnet_exports,analysis]",
                 "callbacks.model_checkpoint.mode=min",
+                "analysis.tsne=true",
             ],
             tmp_path,
         )
@@ -105,5 +107,18 @@ def test_end_labels_name_the_epoch_of_the_weights_shown(tmp_path, caplog):
     assert result["epochs"] == {"start": 0, "end": weights_epoch}
     assert list(result["cka"]) == ["layer1", "layer2", "layer3", "layer4"]
     assert "attention_distance" not in result and set(result["faithfulness"]) == {"gradcam", "random"}
+    kinds = {e["kind"]: e for e in index}
+    assert {"tsne_plot", "test_evaluation_plot", "gradcam", "faithfulness_plot", "test_predictions"} <= set(kinds)
+    assert kinds["gradcam"]["layer"] == "layer2"  # 32 px input: layer2 is the deepest stage still 4x4
+
+    with np.load(tmp_path / "artifacts" / kinds["test_predictions"]["path"]) as z:
+        labels, predicted, probs = z["labels"], z["predicted"], z["probabilities"]
+        assert z["indices"].tolist() == list(range(len(labels)))
+    assert probs.shape == (len(labels), 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (probs.argmax(1) == predicted).all()
+    assert (predicted == labels).mean() == pytest.approx(results["metrics"]["test/acc"])
+    matrix = np.zeros((4, 4), dtype=int)
+    np.add.at(matrix, (labels, predicted), 1)
+    assert matrix.tolist() == results["confusion_matrix"]["test"]
     skipped = [r for r in caplog.records if "no attention layers" in r.getMessage()]
     assert len(skipped) == 1 and skipped[0].levelno == logging.INFO
