@@ -202,6 +202,7 @@ class ChangeAnalysis(ArtifactExport):
             "probe_method": PROBE_METHOD.format(ridge=self.ridge),
             "epochs": phases,
             "model": name,
+            "blocks": list(blocks),
             "weight_drift": drift,
             "cka": cka,
             "cka_patch_mean": cka_patch,
