@@ -109,7 +109,7 @@ class ArtifactExport(pl.Callback):
             self.on_fit_start(trainer, pl_module)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_end:
+        if self.at_end and trainer.is_global_zero:  # only rank 0 writes, so only rank 0 reads the checkpoint
             self._run(trainer, pl_module, "end", weights_epoch(trainer))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import time
 
 import torch
 
@@ -37,7 +38,7 @@ FAITHFULNESS_PLOT = "faithfulness_plot"
 GRADCAM_PLOT = "gradcam"
 EVALUATION_PLOT = "test_evaluation_plot"  # confusion matrix and per-class accuracy
 TSNE_PLOT = "tsne_plot"
-FAITHFULNESS_BATCH = 16  # images per deletion/insertion batch (each step runs 2x this many)
+FAITHFULNESS_BATCH = 16  # images per Grad-CAM / rollout batch (ViT attention weights are [B, L, H, T, T])
 PROBE_METHOD = (
     "closed-form ridge regression on one-hot labels (penalty {ridge} x feature count, features standardised), "
     "fit on one class-balanced half of the probe set, accuracy on the other half"
@@ -61,8 +62,8 @@ class ChangeAnalysis(ArtifactExport):
         seed: int = 0,
         batch_size: int = 128,
         ridge: float = 1.0,
-        faithfulness_images: int = 32,
-        faithfulness_steps: int = 16,
+        faithfulness_images: int = 16,
+        faithfulness_steps: int = 8,
         gradcam_image_class: str | None = None,
         gradcam_layer: str | None = None,
         tsne: bool = True,
@@ -98,6 +99,7 @@ class ChangeAnalysis(ArtifactExport):
         return list(images.split(self.batch_size))
 
     def _record_start(self, trainer, pl_module, epoch: int) -> None:
+        t0 = time.perf_counter()
         dm = _datamodule(trainer)
         data = dm.split(self.split)
         if self.probe_images > len(data.labels):
@@ -107,6 +109,13 @@ class ChangeAnalysis(ArtifactExport):
                 self.split,
                 len(data.labels),
             )
+        if trainer.training and trainer.ckpt_path:
+            log.warning(
+                "ChangeAnalysis: training continues from %s, so W0 is that checkpoint's weights (epoch %d), "
+                "not the pretrained or initial ones.",
+                trainer.ckpt_path,
+                epoch,
+            )
         idx = an.probe_indices(data.labels, self.probe_images, self.seed)
         images, labels = data.images[idx], data.labels[idx]
         net = pl_module.net
@@ -115,6 +124,7 @@ class ChangeAnalysis(ArtifactExport):
             "epoch": epoch,
             "weights": an.snapshot(net),
             "features": features,
+            "seconds": time.perf_counter() - t0,
             "indices": idx,
             "images": images,
             "labels": labels,
@@ -125,6 +135,7 @@ class ChangeAnalysis(ArtifactExport):
         dm = _datamodule(trainer)
         net, start = pl_module.net, self._start
         labels = start["labels"]
+        t0 = time.perf_counter()
         end = an.probe_pass(net, self._batches(start["images"]), lambda b: _inputs(pl_module, b))
         phases = {"start": start["epoch"], "end": epoch}
         where = f"start (epoch {phases['start']}) vs end (epoch {epoch})"
@@ -214,14 +225,26 @@ class ChangeAnalysis(ArtifactExport):
             log.info("ChangeAnalysis: %s has no attention layers; attention statistics and rollout skipped.", name)
 
         entries += self._plot(figs.panels_figure(panels, f"{name}: {where}"), "change/per_layer.png", epoch)
-        if self.faithfulness_images > 0:
-            entries += self._faithfulness(
-                pl_module, start["images"][: self.faithfulness_images], where, name, result, epoch
-            )
-        entries += self._gradcam(dm, pl_module, name, epoch)
-        entries += self._evaluation(pl_module, name, epoch)
-        if self.tsne:
-            entries += self._tsne(start["features"].final, end.final, labels, dm.class_names, phases, name, epoch)
+        seconds = {"start": start["seconds"], "end_pass_and_statistics": time.perf_counter() - t0}
+        parts = {
+            "faithfulness": lambda: (
+                self._faithfulness(pl_module, start["images"][: self.faithfulness_images], name, result, epoch)
+                if self.faithfulness_images > 0
+                else []
+            ),
+            "gradcam": lambda: self._gradcam(dm, pl_module, name, epoch),
+            "test_evaluation": lambda: self._evaluation(pl_module, name, epoch),
+            "tsne": lambda: (
+                self._tsne(start["features"].final, end.final, labels, dm.class_names, phases, name, epoch)
+                if self.tsne
+                else []
+            ),
+        }
+        for part, run in parts.items():
+            t0 = time.perf_counter()
+            entries += run()
+            seconds[part] = time.perf_counter() - t0
+        result["seconds"] = {k: round(v, 3) for k, v in seconds.items()}  # what each part cost (docs/benchmarks.md)
 
         write_json(self.artifacts_dir / "analysis.json", result)
         entries.append(entry(ANALYSIS_JSON, "analysis.json", None, epoch))
@@ -282,7 +305,7 @@ class ChangeAnalysis(ArtifactExport):
         )
         return self._csv("attention_stats.csv", ATTENTION_STATS_CSV, rows, epoch)
 
-    def _faithfulness(self, pl_module, images, where, name, result, epoch) -> list[dict]:
+    def _faithfulness(self, pl_module, images, name, result, epoch) -> list[dict]:
         net = pl_module.net
         x = _inputs(pl_module, images)
         _, layer, reshape, grid = faith.gradcam_target(net, x, self.gradcam_layer)

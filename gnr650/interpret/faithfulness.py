@@ -48,23 +48,24 @@ def perturbation_curves(
     order: torch.Tensor,
     grid: tuple[int, int],
     steps: int,
+    max_batch: int = 256,
 ) -> dict[str, torch.Tensor]:
     """Deletion and insertion curves [B, steps + 1] of ``predict`` (input -> class probabilities [B, K]) for
-    inputs ``x`` [B, C, H, W] and cell orders ``order`` [B, gh*gw]; the target is each image's predicted class."""
+    inputs ``x`` [B, C, H, W] and cell orders ``order`` [B, gh*gw]; the target is each image's predicted class.
+    All perturbed images go through ``predict`` in batches of up to ``max_batch`` (few large calls, not one
+    small call per step)."""
     cells = grid[0] * grid[1]
     steps = max(1, min(steps, cells))
-    baseline = torch.zeros_like(x)
     with torch.no_grad():
-        target = predict(x).argmax(1, keepdim=True)
-        curves = {"deletion": [], "insertion": []}
-        for k in range(steps + 1):
-            mask = _cell_mask(order, round(k * cells / steps), grid, tuple(x.shape[-2:])).to(x.device, x.dtype)
-            deleted = x * (1 - mask) + baseline * mask
-            inserted = baseline * (1 - mask) + x * mask
-            probs = predict(torch.cat([deleted, inserted])).float().cpu()
-            curves["deletion"].append(probs[: len(x)].gather(1, target.cpu())[:, 0])
-            curves["insertion"].append(probs[len(x) :].gather(1, target.cpu())[:, 0])
-    return {name: torch.stack(values, dim=1).double() for name, values in curves.items()}
+        target = predict(x).argmax(1).cpu()
+        masks = torch.stack(
+            [_cell_mask(order, round(k * cells / steps), grid, tuple(x.shape[-2:])) for k in range(steps + 1)]
+        ).to(x.device, x.dtype)  # [S, B, 1, H, W]; the baseline is 0, so deleting is x * (1 - mask)
+        perturbed = torch.cat([x * (1 - masks), x * masks]).flatten(0, 1)  # deletion steps, then insertion steps
+        probs = torch.cat([predict(chunk).float().cpu() for chunk in perturbed.split(max_batch)])
+    picked = probs.view(2, steps + 1, len(x), -1).gather(3, target.view(1, 1, -1, 1).expand(2, steps + 1, -1, 1))
+    curves = picked[..., 0].permute(0, 2, 1).double()  # [2, B, S]
+    return {"deletion": curves[0], "insertion": curves[1]}
 
 
 def auc(curves: torch.Tensor) -> torch.Tensor:
