@@ -210,6 +210,7 @@ class ChangeAnalysis(ArtifactExport):
             "probe_images": len(labels),
             "probe_split": self.split,
             "probe_seed": self.seed,
+            "probe_indices": start["indices"].tolist(),  # positions in the probe split
             "probe_method": PROBE_METHOD.format(ridge=self.ridge),
             "epochs": phases,
             "model": name,
