@@ -20,6 +20,8 @@ from gnr650.data import InMemoryDataModule
 from gnr650.data.images import oversized_warning
 from gnr650.finetune import StrategyError, count_params, feature_cache, prepare_strategy
 from gnr650.finetune.knn import KNNBank, KNNClassifier
+from gnr650.interpret.callbacks import weights_epoch
+from gnr650.interpret.predictions import save_test_predictions
 from gnr650.models import BuiltModel
 from gnr650.runs import (
     RunInterrupted,
@@ -213,6 +215,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ckpt = None
         with control.reading(ckpt):
             trainer.test(module, datamodule=dm, ckpt_path=ckpt, verbose=False, weights_only=True)
+        if _is_global_zero() and module.test_predictions:
+            if trainer.world_size == 1:
+                save_test_predictions(out / "artifacts", module.test_predictions, weights_epoch(trainer))
+            else:  # each rank saw a shard of the test split
+                log.info("test_predictions.npz is not written under DDP (%d processes).", trainer.world_size)
         results.update(evaluation_fields(module.final_results))
         results["checkpoint"] = ckpt
         results["feature_cache"] = cache.summary if cache else None

@@ -19,10 +19,12 @@ if TYPE_CHECKING:
         KernelNormExport,
         ViTWeightNormExport,
     )
+    from gnr650.interpret.change import ChangeAnalysis
 
 __all__ = [
     "ArtifactExport",
     "AttentionExport",
+    "ChangeAnalysis",
     "FeatureMapExport",
     "KernelImageExport",
     "KernelNormExport",
@@ -32,5 +34,6 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in __all__:
-        return getattr(importlib.import_module("gnr650.interpret.callbacks"), name)
+        module = "gnr650.interpret.change" if name == "ChangeAnalysis" else "gnr650.interpret.callbacks"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

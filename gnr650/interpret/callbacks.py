@@ -2,7 +2,8 @@
 
 Schedule (shared by all): ``start`` in ``on_fit_start`` (or in ``on_test_start`` when fit never ran,
 e.g. the frozen strategy), ``epoch<N>`` every ``every_n_epochs`` training epochs, ``end`` in
-``on_test_end`` (the final evaluation, best weights loaded). Only global rank 0 writes; every file
+``on_test_end`` (the final evaluation, best weights loaded; labelled with the epoch of those weights, see
+``weights_epoch``). Only global rank 0 writes; every file
 is listed in ``artifacts/index.json``. Extraction uses ``pl_module.net`` on a handful of images in
 eval mode without grad, and leaves no hooks behind, so the training loop is untouched.
 """
@@ -28,6 +29,7 @@ from gnr650.interpret.figures import (
     save_figure,
 )
 from gnr650.interpret.index import PHASE_END, PHASE_START, ArtifactKind, append_to_index, artifacts_dir, entry
+from gnr650.runs.checkpoints import refusing_pickled_code
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,18 @@ def _inputs(pl_module: pl.LightningModule, images: torch.Tensor) -> torch.Tensor
     """uint8 images as the net's input: the module's own preprocessing (no augmentation), on its
     device and in its dtype (callbacks bypass Lightning's input conversion, e.g. for bf16-true)."""
     return pl_module.preprocess(images.to(pl_module.device)).to(pl_module.dtype)
+
+
+def weights_epoch(trainer: pl.Trainer) -> int:
+    """Training epochs completed by the weights the final evaluation uses: those of the checkpoint it loaded
+    (Lightning stores the 0-based epoch it was saved in, after that epoch's validation), else the
+    trainer's count. So "end (epoch 47)" of a 60-epoch run shows the best checkpoint ``epoch046-...``."""
+    path = trainer.ckpt_path
+    if not path:
+        return trainer.current_epoch
+    with refusing_pickled_code(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return int(saved["epoch"]) + 1
 
 
 def _model_name(net: torch.nn.Module) -> str:
@@ -94,8 +108,8 @@ class ArtifactExport(pl.Callback):
             self.on_fit_start(trainer, pl_module)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_end:
-            self._run(trainer, pl_module, PHASE_END, trainer.current_epoch)
+        if self.at_end and trainer.is_global_zero:  # only rank 0 writes, so only rank 0 reads the checkpoint
+            self._run(trainer, pl_module, PHASE_END, weights_epoch(trainer))
 
 
 class _NormExport(ArtifactExport):

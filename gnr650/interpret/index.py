@@ -36,6 +36,17 @@ class ArtifactKind(StrEnum):
     ATTENTION_MAP = "attention_map"
     ATTENTION_ROLLOUT = "attention_rollout"
     ATTENTION_NPZ = "attention_npz"
+    # What fine-tuning changed (gnr650/interpret/change.py) and the final evaluation's per-image predictions.
+    ANALYSIS_JSON = "analysis_json"
+    WEIGHT_DRIFT_CSV = "weight_drift_csv"
+    REPRESENTATION_CSV = "representation_csv"
+    ATTENTION_STATS_CSV = "attention_stats_csv"
+    CHANGE_PLOT = "change_plot"  # per-layer figures: drift per module; drift per block, CKA, probes, attention
+    FAITHFULNESS_PLOT = "faithfulness_plot"
+    GRADCAM_PLOT = "gradcam"
+    EVALUATION_PLOT = "test_evaluation_plot"  # confusion matrix and per-class accuracy
+    TSNE_PLOT = "tsne_plot"
+    TEST_PREDICTIONS = "test_predictions"
 
 
 def artifacts_dir(run_dir: str | Path) -> Path:

@@ -47,19 +47,36 @@ def html_table(table: Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def render(title: str, meta: list[str], tables: list[tuple[str, Table]], figures: list[FigureEntry]) -> str:
+def _figure(fig: FigureEntry) -> str:
+    data = base64.b64encode(fig.png).decode("ascii")
+    return (
+        f'<figure id="{html.escape(fig.name)}"><img src="data:image/png;base64,{data}" '
+        f'alt="{html.escape(fig.caption)}"><figcaption>{html.escape(fig.caption)}</figcaption></figure>'
+    )
+
+
+def render(
+    title: str,
+    meta: list[str],
+    tables: list[tuple[str, Table]],
+    figures: list[FigureEntry],
+    sections: list[tuple[str, list[str], list[tuple[str, Table]], list[FigureEntry]]] = (),
+) -> str:
+    """The page; ``sections``: (heading, statements, tables, figures) after the figures (e.g. "What changed")."""
     parts = [f"<h1>{html.escape(title)}</h1>"]
     parts += [f'<p class="meta">{html.escape(line)}</p>' for line in meta]
     for heading, table in tables:
         parts += [f"<h2>{html.escape(heading)}</h2>", html_table(table)]
     if figures:
         parts.append("<h2>Figures</h2>")
-    for fig in figures:
-        data = base64.b64encode(fig.png).decode("ascii")
-        parts.append(
-            f'<figure id="{html.escape(fig.name)}"><img src="data:image/png;base64,{data}" '
-            f'alt="{html.escape(fig.caption)}"><figcaption>{html.escape(fig.caption)}</figcaption></figure>'
-        )
+    parts += [_figure(fig) for fig in figures]
+    for heading, lines, section_tables, section_figures in sections:
+        parts.append(f'<section id="{html.escape(heading.lower().replace(" ", "-"))}"><h2>{html.escape(heading)}</h2>')
+        parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>" if lines else "")
+        for sub, table in section_tables:
+            parts += [f"<h3>{html.escape(sub)}</h3>", html_table(table)]
+        parts += [_figure(fig) for fig in section_figures]
+        parts.append("</section>")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -17,7 +17,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from gnr650.files import atomic_write
-from gnr650.summary import attention, figures, tables
+from gnr650.summary import attention, changes, figures, tables
 from gnr650.summary.collect import Job, collect_jobs
 from gnr650.summary.report import FigureEntry, render
 
@@ -57,9 +57,30 @@ def write_summary(multirun_dir: str | Path) -> Summary:
     meta = _meta(jobs, swept)
     job_table, seed_table = tables.job_table(jobs), tables.seed_table(jobs)
     named_tables = [("Jobs", job_table)] + ([("Mean ± std over seeds", seed_table)] if seed_table else [])
-    _write(summary, "summary.md", _markdown(title, meta, named_tables, drawn))
-    _write(summary, "report.html", render(title, meta, named_tables, drawn))
+    sections = _sections(summary, jobs, data)
+    if sections:  # rewritten with the section's numbers (the tables were written first, before any figure)
+        summary.files.remove(summary.multirun_dir / "summary.json")
+        _write(summary, "summary.json", json.dumps(data, indent=2, default=str) + "\n")
+    _write(summary, "summary.md", _markdown(title, meta, named_tables, drawn, sections))
+    _write(summary, "report.html", render(title, meta, named_tables, drawn, sections))
     return summary
+
+
+def _sections(summary: Summary, jobs: list[Job], data: dict) -> list:
+    """The "What changed" section (figures written beside the others, numbers added to summary.json); a
+    failure there costs that section only."""
+    try:
+        changed = changes.section(jobs)
+    except Exception:
+        log.exception("Could not build the 'What changed' section")
+        return []
+    if changed is None:
+        return []
+    drawn = [e for name, caption, fig in changed.figures if (e := _draw(name, caption, lambda f=fig: f)) is not None]
+    for entry in drawn:
+        _write(summary, entry.name, entry.png)
+    data["what_changed"] = changed.data
+    return [(changed.heading, changed.lines, changed.tables, drawn)]
 
 
 def _figures(jobs: list[Job]):
@@ -136,11 +157,16 @@ def _meta(jobs: list[Job], swept: list[str]) -> list[str]:
     return lines
 
 
-def _markdown(title: str, meta: list[str], named_tables, drawn: list[FigureEntry]) -> str:
+def _markdown(title: str, meta: list[str], named_tables, drawn: list[FigureEntry], sections=()) -> str:
     parts = [f"# {title}", *meta]
     for heading, table in named_tables:
         parts += [f"## {heading}", tables.markdown(table)]
     parts += [f"![{entry.caption}]({entry.name})" for entry in drawn]
+    for heading, lines, section_tables, section_figures in sections:
+        parts += [f"## {heading}", *(f"- {line}" for line in lines)]
+        for sub, table in section_tables:
+            parts += [f"### {sub}", tables.markdown(table)]
+        parts += [f"![{entry.caption}]({entry.name})" for entry in section_figures]
     return "\n\n".join(parts) + "\n"
 
 

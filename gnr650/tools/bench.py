@@ -27,7 +27,7 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -361,7 +361,7 @@ def report(args, cfg: DictConfig, n_train: int, stats: dict[str, dict]) -> tuple
     md = [
         f"## `{command}`",
         "",
-        f"- when: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- when: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine()}",
         f"- setting: {head}",
         "",

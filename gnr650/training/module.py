@@ -80,6 +80,9 @@ class ClassificationModule(pl.LightningModule):
         )
         self.final_loss = nn.ModuleList(MeanMetric() for _ in SPLITS)
         self.final_results: dict[str, dict] = {}
+        # Per-image test predictions of the final evaluation, in test-loader order (for significance tests).
+        self.test_predictions: dict[str, torch.Tensor] = {}
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         # Set by gnr650.finetune.feature_cache: batches then hold the frozen prefix's output and only this runs on them.
         self.suffix = None
         # Training images this process has stepped on (not checkpointed: a resumed run counts its own), for images/s.
@@ -153,8 +156,14 @@ class ClassificationModule(pl.LightningModule):
         loss, logits, y = self._step(batch)
         self.final_metrics[dataloader_idx].update(logits, y)
         self.final_loss[dataloader_idx].update(loss, weight=y.numel())
+        if SPLITS[dataloader_idx] == "test":
+            self._test_outputs.append((y.detach(), logits.detach().float().softmax(1)))
 
     def on_test_epoch_end(self):
+        if self._test_outputs:
+            labels, probs = (torch.cat(t).cpu() for t in zip(*self._test_outputs))
+            self.test_predictions = {"labels": labels, "predicted": probs.argmax(1), "probabilities": probs}
+            self._test_outputs = []
         for i, split in enumerate(SPLITS):
             if not self.final_loss[i].update_called:
                 continue

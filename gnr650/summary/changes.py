@@ -1,0 +1,272 @@
+"""The summary's "What changed" section: per-layer curves of every job's ``analysis.json`` (one line per job),
+the faithfulness table, the seed's three observations restated as measured statements, and the significance
+tables (95% intervals, exact McNemar with Holm correction, intervals across seeds).
+
+Artefacts are found through each job's ``artifacts/index.json`` by kind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from gnr650.interpret.index import PHASE_END, ArtifactKind, artifacts_dir, find_artifacts
+
+from . import significance as sig
+from .collect import Job
+from .figures import colour
+from .tables import Table, percent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Section:
+    """A report section: heading, statements, tables and (name, caption, figure builder) entries."""
+
+    heading: str
+    lines: list[str] = field(default_factory=list)
+    tables: list[tuple[str, Table]] = field(default_factory=list)
+    figures: list[tuple[str, str, Figure]] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+
+def _artefact(job: Job, kind: ArtifactKind) -> Path | None:
+    """The job's latest end-phase file of ``kind``, found through its artefact index."""
+    paths = find_artifacts(artifacts_dir(job.dir), kind, phase=PHASE_END)
+    return paths[-1] if paths else None
+
+
+def load_analyses(jobs: list[Job]) -> list[tuple[int, Job, dict]]:
+    """(position, job, analysis.json) of the completed jobs that wrote one."""
+    found = []
+    for i, job in enumerate(jobs):
+        path = _artefact(job, ArtifactKind.ANALYSIS_JSON) if job.ok else None
+        if path is None:
+            continue
+        try:
+            found.append((i, job, json.loads(path.read_text())))
+        except (OSError, ValueError) as exc:
+            log.warning("Skipping unreadable %s: %s", path, exc)
+    return found
+
+
+def per_layer_figure(analyses: list[tuple[int, Job, dict]]) -> Figure | None:
+    """Drift per block, CKA, end probe accuracy and mean attention distance (head mean), one line per job."""
+    if not analyses:
+        return None
+    panels = [
+        ("weight drift per block  ‖ΔW‖F / ‖W0‖F", lambda a: {b: a["weight_drift"][b] for b in a.get("blocks", [])}),
+        ("linear CKA, start vs end", lambda a: a["cka"]),
+        ("linear probe accuracy (end)", lambda a: {k: v["end"] for k, v in a["layer_probe"].items()}),
+        (
+            "mean attention distance (end, px, head mean)",
+            lambda a: {k: float(np.mean(v["end"])) for k, v in a.get("attention_distance", {}).items()},
+        ),
+    ]
+    fig = Figure(figsize=(11, 3 * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), 1)
+    for ax, (title, values_of) in zip(axes, panels):
+        for i, job, analysis in analyses:
+            values = values_of(analysis)
+            if values:
+                ax.plot(list(values), list(values.values()), marker="o", markersize=3, color=colour(i), label=job.label)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=7, rotation=45)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    return fig
+
+
+def faithfulness_table(analyses: list[tuple[int, Job, dict]]) -> Table | None:
+    rows = []
+    for _, job, analysis in analyses:
+        faith = analysis.get("faithfulness") or {}
+        for method in ("rollout", "gradcam", "random"):
+            if method in faith:
+                m = faith[method]
+                rows.append(
+                    [
+                        job.label,
+                        method,
+                        f"{m['deletion_auc']:.3f}",
+                        f"{m['insertion_auc']:.3f}",
+                        str(m.get("images", "")),
+                    ]
+                )
+    headers = ["Model", "Method", "Deletion AUC (lower: more faithful)", "Insertion AUC (higher)", "Images"]
+    return Table(headers, rows, [False] * len(rows)) if rows else None
+
+
+def _finetune(job: Job) -> str | None:
+    return job.swept.get("finetune") or (job.results.get("finetune"))
+
+
+def _others(job: Job) -> dict:
+    return {k: v for k, v in job.swept.items() if k != "finetune"}
+
+
+def observations(jobs: list[Job], analyses: list[tuple[int, Job, dict]]) -> list[str]:
+    """The seed's three statements, each with the numbers that support or refute it."""
+    lines = []
+    # 1. "last-layer fine-tuning and no fine-tuning exhibit similar attention maps across all layers"
+    pairs = [
+        (a, b)
+        for a in jobs
+        for b in jobs
+        if a.ok and b.ok and _finetune(a) == "last" and _finetune(b) == "frozen" and _others(a) == _others(b)
+    ]
+    for last, frozen in pairs:
+        paths = [_artefact(j, ArtifactKind.ATTENTION_NPZ) for j in (last, frozen)]
+        if None in paths:
+            continue
+        with np.load(paths[0]) as za, np.load(paths[1]) as zb:
+            diff = float(np.abs(za["cls_attention"] - zb["cls_attention"]).max())
+            layers = za["cls_attention"].shape[1]
+        lines.append(
+            f"Last vs frozen attention maps ({last.label} vs {frozen.label}): max absolute difference of the CLS "
+            f"attention over all {layers} layers, heads and exported images = {diff:.3g}"
+            + (" (identical: the backbone is unchanged)." if diff == 0 else ".")
+        )
+    if not lines:
+        lines.append(
+            "Last vs frozen attention maps: not measurable here (needs a finetune=last and a finetune=frozen job)."
+        )
+    # 2. "the initial layers consistently show better attention maps": local vs global attention along depth.
+    vit = [(job, a) for _, job, a in analyses if a.get("attention_distance")]
+    if vit:
+        parts, holds = [], 0
+        for job, a in vit:
+            blocks = list(a["attention_distance"])
+            third = max(1, len(blocks) // 3)
+            early = float(np.mean([np.mean(a["attention_distance"][b]["end"]) for b in blocks[:third]]))
+            late = float(np.mean([np.mean(a["attention_distance"][b]["end"]) for b in blocks[-third:]]))
+            ent_early = float(np.mean([a["attention_entropy"][b]["end"] for b in blocks[:third]]))
+            ent_late = float(np.mean([a["attention_entropy"][b]["end"] for b in blocks[-third:]]))
+            holds += ent_early < ent_late
+            parts.append(
+                f"{job.label}: first {third} blocks {early:.1f} px / {ent_early:.2f} nats, "
+                f"last {third} blocks {late:.1f} px / {ent_late:.2f} nats"
+            )
+        lines.append(
+            "Early vs late layers (mean attention distance / CLS attention entropy, end weights): "
+            + "; ".join(parts)
+            + f". Early CLS attention is sharper (lower entropy) in {holds} of {len(vit)} jobs."
+        )
+    # 3. "the all-layer fine-tuning maps are not as informative": rollout faithfulness (insertion - deletion AUC).
+    scored = [
+        (job, f["rollout"]["insertion_auc"] - f["rollout"]["deletion_auc"], f["random"])
+        for _, job, a in analyses
+        if "rollout" in (f := a.get("faithfulness") or {})
+    ]
+    if scored:
+        text = "; ".join(
+            f"{job.label} {score:+.3f} (random order {r['insertion_auc'] - r['deletion_auc']:+.3f})"
+            for job, score, r in scored
+        )
+        full = [s for job, s, _ in scored if _finetune(job) == "full"]
+        verdict = ""
+        if full and len(scored) > 1:
+            lowest = min(s for _, s, _ in scored)
+            verdict = (
+                " Full fine-tuning's rollout is the least faithful."
+                if min(full) == lowest
+                else (" Full fine-tuning's rollout is not the least faithful.")
+            )
+        lines.append(
+            f"Attention-rollout faithfulness (insertion − deletion AUC, higher = more informative): {text}.{verdict}"
+        )
+    return lines
+
+
+def significance_tables(jobs: list[Job]) -> tuple[list[tuple[str, Table]], dict]:
+    predictions = sig.load_predictions(jobs)
+    acc, pairs = sig.accuracy_rows(predictions), sig.pairwise_rows(predictions)
+    tables = []
+    if acc:
+        rows = [
+            [r["label"], percent(r["acc"]), f"{100 * r['low']:.2f}–{100 * r['high']:.2f}%", str(r["images"])]
+            for r in acc
+        ]
+        tables.append(
+            (
+                "Test accuracy, 95% Wilson interval",
+                Table(["Model", "Test Accuracy", "95% interval", "Images"], rows, [False] * len(rows)),
+            )
+        )
+    if pairs:
+        rows = [
+            [
+                f"{r['a']} vs {r['b']}",
+                str(r["only_a"]),
+                str(r["only_b"]),
+                f"{r['p']:.3g}",
+                f"{r['p_holm']:.3g}",
+                "yes" if r["significant"] else "no",
+            ]
+            for r in pairs
+        ]
+        headers = [
+            "Pair (A vs B)",
+            "Only A right",
+            "Only B right",
+            "Exact McNemar p",
+            "Holm p",
+            "Significant at 5% (Holm)",
+        ]
+        tables.append(("Pairwise tests on the same test images", Table(headers, rows, [False] * len(rows))))
+    seeds = _seed_intervals(jobs)
+    if seeds:
+        tables.append(("Test accuracy across seeds", seeds))
+    return tables, {"accuracy_intervals": acc, "pairwise": pairs}
+
+
+def _seed_intervals(jobs: list[Job]) -> Table | None:
+    if not any("seed" in job.swept for job in jobs):
+        return None
+    groups: dict[str, list[float]] = {}
+    for job in jobs:
+        rest = ", ".join(f"{k}={v}" for k, v in job.swept.items() if k != "seed") or "all"
+        if job.metric("test/acc") is not None:
+            groups.setdefault(rest, []).append(job.metric("test/acc"))
+    rows = []
+    for label, values in groups.items():
+        interval = sig.t_interval(values)
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        shown = f"{100 * interval[0]:.2f}–{100 * interval[1]:.2f}%" if interval else "—"
+        rows.append([label, str(len(values)), percent(float(np.mean(values)), std), shown])
+    return Table(["Model", "Seeds", "Test Accuracy (mean ± std)", "95% interval (t)"], rows, [False] * len(rows))
+
+
+def section(jobs: list[Job]) -> Section | None:
+    """Everything of "What changed"; None when no job has an analysis or test predictions."""
+    analyses = load_analyses(jobs)
+    tables, data = significance_tables(jobs)
+    if not analyses and not tables:
+        return None
+    result = Section("What changed", data=data)
+    if analyses:
+        result.lines = observations(jobs, analyses)
+        table = faithfulness_table(analyses)
+        if table:
+            result.tables.append(("Faithfulness of explanations (deletion / insertion AUC)", table))
+        fig = per_layer_figure(analyses)
+        if fig is not None:
+            epochs = ", ".join(f"{job.label}: end = epoch {a['epochs']['end']}" for _, job, a in analyses)
+            result.figures.append(
+                (
+                    "what_changed.png",
+                    "Per layer, one line per job: weight drift, linear CKA start vs end, linear-probe accuracy and "
+                    f"mean attention distance ({epochs}).",
+                    fig,
+                )
+            )
+        data["observations"] = result.lines
+    result.tables += tables
+    return result

@@ -1,0 +1,124 @@
+"""ChangeAnalysis in real (tiny) runs: the exact invariants of the strategies, the outputs and their index,
+and that every "end" label names the epoch of the weights shown."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from gnr650.interpret.index import ArtifactKind
+from gnr650.train import train
+from tests.helpers import make_cfg
+
+TINY_ANALYSIS = [
+    "debug=smoke",
+    "logger=csv",
+    "analysis.probe_images=16",
+    "analysis.faithfulness_images=4",
+    "analysis.faithfulness_steps=4",
+    "analysis.tsne=false",
+]
+
+
+def _analysis(run_dir) -> dict:
+    index = json.loads((run_dir / "artifacts" / "index.json").read_text())
+    [path] = [e["path"] for e in index if e["kind"] == ArtifactKind.ANALYSIS_JSON]
+    for e in index:
+        assert (run_dir / "artifacts" / e["path"]).is_file(), e
+    return json.loads((run_dir / "artifacts" / path).read_text())
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "last", "top4"])
+def test_strategy_invariants_on_a_tiny_vit(strategy, tmp_path):
+    train(
+        make_cfg(
+            TINY_ANALYSIS
+            + ["model=vit_ti16", "trainer.max_epochs=1", "callbacks=[default,analysis]", f"finetune={strategy}"],
+            tmp_path,
+        )
+    )
+    result = _analysis(tmp_path)
+    drift, cka = result["weight_drift"], result["cka"]
+    blocks = [f"blocks.{i}" for i in range(12)]
+    assert list(cka) == blocks and result["probe_images"] == 16
+    unchanged = blocks if strategy != "top4" else blocks[:8]
+    for block in unchanged:
+        assert drift[block] == 0.0, block
+        assert cka[block] == pytest.approx(1.0, abs=1e-6), block
+        for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2"):
+            assert drift[f"{block}.{layer}"] == 0.0
+    assert drift["patch_embed.proj"] == 0.0 and drift["(root)"] == 0.0
+    if strategy == "top4":
+        assert all(drift[b] > 0 for b in blocks[8:])
+        assert drift["norm"] > 0
+    if strategy == "frozen":
+        assert all(d == 0.0 for d in drift.values())
+        assert result["epochs"] == {"start": 0, "end": 0}
+        for block in blocks:
+            assert result["attention_distance"][block]["start"] == result["attention_distance"][block]["end"]
+            assert result["attention_entropy"][block]["start"] == result["attention_entropy"][block]["end"]
+            assert result["layer_probe"][block]["start"] == result["layer_probe"][block]["end"]
+    else:
+        assert drift["head"] > 0
+    assert len(result["attention_distance"]["blocks.0"]["end"]) == 3  # ViT-Ti: 3 heads
+    assert set(result["faithfulness"]) == {"rollout", "gradcam", "random"}
+    for scores in result["faithfulness"].values():
+        assert 0 <= scores["deletion_auc"] <= 1 and 0 <= scores["insertion_auc"] <= 1
+
+
+def test_end_labels_name_the_epoch_of_the_weights_shown(tmp_path, caplog):
+    """3 epochs, the checkpoint kept is the worst-on-val one (mode=min, ties keep the first): an earlier epoch
+    than the last. Every end label must be that checkpoint's epoch, and the kernel norms its weights'."""
+    caplog.set_level(logging.INFO, logger="gnr650")
+    results = train(
+        make_cfg(
+            TINY_ANALYSIS
+            + [
+                "model=resnet18",
+                "finetune=full",
+                "trainer.max_epochs=3",
+                "callbacks=[default,resnet_exports,analysis]",
+                "callbacks.model_checkpoint.mode=min",
+                "analysis.tsne=true",
+            ],
+            tmp_path,
+        )
+    )
+    saved = torch.load(results["checkpoint"], map_location="cpu", weights_only=True)
+    weights_epoch = saved["epoch"] + 1  # Lightning stores the 0-based epoch; labels count completed epochs
+    assert weights_epoch < results["epochs"] == 3  # otherwise this test could not tell the two apart
+
+    with open(tmp_path / "artifacts" / "kernel_norms.csv") as f:
+        end_rows = [r for r in csv.DictReader(f) if r["phase"] == "end"]
+    assert end_rows and {int(r["epoch"]) for r in end_rows} == {weights_epoch}
+    conv1 = next(r for r in end_rows if r["layer"] == "conv1")
+    w = saved["state_dict"]["net.conv1.weight"].double()
+    assert float(conv1["mean"]) == pytest.approx(float(w.flatten(1).norm(dim=1).mean()), rel=1e-5)
+
+    index = json.loads((tmp_path / "artifacts" / "index.json").read_text())
+    end_entries = [e for e in index if "end" in e["path"] or e["kind"] in ("feature_maps", ArtifactKind.ANALYSIS_JSON)]
+    assert end_entries and {e["epoch"] for e in end_entries} == {weights_epoch}
+    result = _analysis(tmp_path)
+    assert result["epochs"] == {"start": 0, "end": weights_epoch}
+    assert list(result["cka"]) == ["layer1", "layer2", "layer3", "layer4"]
+    assert "attention_distance" not in result and set(result["faithfulness"]) == {"gradcam", "random"}
+    kinds = {e["kind"]: e for e in index}
+    assert {"tsne_plot", "test_evaluation_plot", "gradcam", "faithfulness_plot", "test_predictions"} <= set(kinds)
+    assert kinds["gradcam"]["layer"] == "layer2"  # 32 px input: layer2 is the deepest stage still 4x4
+
+    with np.load(tmp_path / "artifacts" / kinds["test_predictions"]["path"]) as z:
+        labels, predicted, probs = z["labels"], z["predicted"], z["probabilities"]
+        assert z["indices"].tolist() == list(range(len(labels)))
+    assert probs.shape == (len(labels), 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (probs.argmax(1) == predicted).all()
+    assert (predicted == labels).mean() == pytest.approx(results["metrics"]["test/acc"])
+    matrix = np.zeros((4, 4), dtype=int)
+    np.add.at(matrix, (labels, predicted), 1)
+    assert matrix.tolist() == results["confusion_matrix"]["test"]
+    skipped = [r for r in caplog.records if "no attention layers" in r.getMessage()]
+    assert len(skipped) == 1 and skipped[0].levelno == logging.INFO
