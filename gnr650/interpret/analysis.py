@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from gnr650.finetune.strategies import evaluating
-from gnr650.interpret.attention import attention_layers, unfused
-from gnr650.interpret.features import capture_outputs
+from gnr650.interpret.attention import attention_layers, capture_outputs, unfused
 
 ROOT_PARAMS = "(root)"  # label of parameters owned by the network itself (ViT cls_token, pos_embed)
 
