@@ -100,6 +100,17 @@ class VizSchema:
 
 
 @dataclass
+class AnalysisSchema:
+    """``analysis`` (configs/callbacks/analysis.yaml): the settings of the ChangeAnalysis callback."""
+
+    probe_images: int = 512
+    probe_seed: int = 0
+    faithfulness_images: int = 16
+    faithfulness_steps: int = 8
+    tsne: bool = False
+
+
+@dataclass
 class TrainSchema:
     """The root of configs/train.yaml."""
 
@@ -118,6 +129,7 @@ class TrainSchema:
     paths: PathsSchema = field(default_factory=PathsSchema)
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
     finetune: FinetuneSchema = field(default_factory=FinetuneSchema)
+    analysis: AnalysisSchema | None = None  # set by the analysis callbacks option
     dataset: Any = MISSING
     model: Any = MISSING
     trainer: Any = MISSING
