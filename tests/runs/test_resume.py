@@ -14,7 +14,6 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from gnr650.data import ImageFolderDataModule
 from gnr650.files import write_json
 from gnr650.runs.checkpoints import CheckpointError
 from gnr650.runs.last_checkpoint import RunInterrupted
@@ -328,20 +327,6 @@ def test_results_json_write_killed_midway_keeps_the_previous_file(tmp_path, monk
     assert read_results(tmp_path) == {"status": "completed"}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
     assert (tmp_path / "results.json").stat().st_mode & 0o044  # readable by others, like any output
-
-
-def test_a_damaged_decoded_cache_is_rebuilt_not_trusted(tmp_path, caplog):
-    make_image_folder(tmp_path / "data")
-    kwargs = {"root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache")}
-    first = ImageFolderDataModule(**kwargs)
-    first.setup()
-    (cache,) = (tmp_path / "cache").glob("*.pt")
-    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])  # as a kill mid-write would, without the rename
-    again = ImageFolderDataModule(**kwargs)
-    again.setup()
-    assert "Ignoring unreadable cache" in caplog.text
-    assert torch.equal(again.split("train").images, first.split("train").images)
-    assert torch.load(cache, weights_only=True)["images"].shape[0] == 18  # rewritten whole
 
 
 def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
