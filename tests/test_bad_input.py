@@ -202,6 +202,7 @@ def test_wrong_type_or_unknown_key_is_refused_at_composition(override, message, 
     assert message in str(err.value.__cause__)
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_wrong_type_on_the_command_line_starts_no_run(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "debug=smoke", "optimizer.lr_head=fast", f"paths.root_dir={tmp_path}"],

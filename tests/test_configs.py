@@ -35,6 +35,7 @@ def gnr650_targets(node) -> set[str]:
 CONFIG_TARGETS = sorted(set().union(*(gnr650_targets(yaml.safe_load(p.read_text())) for p in CONFIGS.rglob("*.yaml"))))
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_every_combination_builds(dataset, fake_data, tmp_path):
     for model, finetune in itertools.product(MODELS, FINETUNES):

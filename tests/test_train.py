@@ -34,6 +34,7 @@ def test_smoke_run_writes_valid_results(model, tmp_path):
     assert sum(map(sum, saved["confusion_matrix"]["test"])) == saved["data"]["sizes"]["test"]
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_overfits_synthetic_data_to_full_train_accuracy(tmp_path):
     results = train(
         make_cfg(
@@ -59,6 +60,7 @@ def test_frozen_trains_nothing_and_only_evaluates(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 @pytest.mark.parametrize("cache", ["auto", "false"])  # false: the frozen prefix runs in every training step
 def test_top4_keeps_frozen_batchnorm_statistics(cache, tmp_path):
     cfg = make_cfg(
@@ -84,6 +86,7 @@ def test_frozen_modules_stay_in_eval_mode(tmp_path):
     assert module.net.blocks[8].training and module.net.head.training and module.net.norm.training
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_same_seed_same_metrics(tmp_path):
     runs = [
         train(make_cfg(SMOKE + ["model=resnet18", "finetune=top4", "dataset.augment=true"], tmp_path / str(i)))

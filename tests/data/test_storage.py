@@ -79,6 +79,7 @@ def test_memory_and_disk_give_identical_batches(folder, tmp_path):
     assert memory.channel_stats() == disk.channel_stats()
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_memory_and_disk_give_identical_results(fake_data, tmp_path):
     common = tiny_overrides("imagefolder", fake_data) + ["model=resnet18", "finetune=full", "trainer.max_epochs=2"]
     runs = {s: train(make_cfg(common + [f"dataset.storage={s}"], tmp_path / s)) for s in ("memory", "disk")}

@@ -49,6 +49,7 @@ def _weights(path):
         ("vit_ti16", "last", "head_drop"),
     ],
 )
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_cached_run_equals_uncached_run(model, finetune, at, tmp_path):
     # Drop path in the trained ViT blocks: both runs must draw the same random numbers.
     common = [f"model={model}", f"finetune={finetune}"] + (["model.drop_path_rate=0.1"] if model == "vit_ti16" else [])
@@ -63,6 +64,7 @@ def test_cached_run_equals_uncached_run(model, finetune, at, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], atol=TOL, rtol=0, msg=k)
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_cache_follows_weights_loaded_from_a_checkpoint(tmp_path):
     """Starting from another run's checkpoint (other frozen weights): the cache holds the loaded weights' output."""
     train(make_cfg(RUN + ["model=resnet18", "finetune=top4", "seed=1", "trainer.max_epochs=1"], tmp_path / "source"))
@@ -73,6 +75,7 @@ def test_cache_follows_weights_loaded_from_a_checkpoint(tmp_path):
     )
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_auto_does_not_cache_with_augmentation(tmp_path):
     common = ["model=resnet18", "finetune=top4", "dataset.augment=true"]
     auto = _run(common + ["finetune.cache_features=auto"], tmp_path / "auto")
@@ -81,6 +84,7 @@ def test_auto_does_not_cache_with_augmentation(tmp_path):
     _assert_same(auto, off)
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_caching_with_augmentation_would_change_the_results(tmp_path, monkeypatch):
     """The comparison above detects a cache applied with augmentation on (the images then differ every epoch)."""
     common = ["model=resnet18", "finetune=top4", "dataset.augment=true"]
@@ -112,6 +116,7 @@ def test_true_with_nothing_frozen_is_refused(tmp_path):
         train(make_cfg(RUN + ["model=resnet18", "finetune=full", "finetune.cache_features=true"], tmp_path))
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_cache_over_size_limit_is_refused_or_skipped(tmp_path):
     common = ["model=vit_ti16", "finetune=top4", "finetune.cache_max_gb=0.0001"]
     with pytest.raises(FeatureCacheError, match="finetune.cache_max_gb=0.0001"):

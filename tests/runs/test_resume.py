@@ -50,6 +50,7 @@ def assert_same_metrics(a: dict, b: dict) -> None:
         assert abs(a[k] - b[k]) <= 1e-6, (k, a[k], b[k])
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_path):
     args = RUN + ["trainer.max_epochs=3", "dataset.per_class=32", "last_ckpt_every_s=0"]  # 8 steps an epoch
     reference = train_py(args, tmp_path / "reference")
@@ -158,6 +159,7 @@ class LastCheckpointProbe(pl.Callback):
         self._look()
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 @pytest.mark.parametrize("every_s,seen", [(0, [None, 4, 8, 12]), (3600, [None, None, None, 12])])
 def test_last_checkpoint_is_written_at_the_interval_and_after_the_final_epoch(every_s, seen, tmp_path):
     """A run that cannot make its interval still ends with a resumable last.ckpt (and writes no other)."""
@@ -255,6 +257,7 @@ def make_image_folder(root: Path, classes=("a", "b", "c"), n: int = 6) -> None:
             write_image(root / c / f"{i}.png", rng)
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_sweep_with_a_failed_job_is_completed_by_rerunning_with_skip_done(tmp_path):
     good1, good2, late = tmp_path / "data1", tmp_path / "data2", tmp_path / "data3"
     make_image_folder(good1)
@@ -360,6 +363,7 @@ class PoisonAt(pl.Callback):
                 pl_module.net.fc.weight.fill_(float("nan"))
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 @pytest.mark.parametrize("callbacks", ["default", "none"])
 def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(callbacks, tmp_path):
     args = SMALL + [

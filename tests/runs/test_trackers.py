@@ -20,6 +20,7 @@ def _all_artifacts(client, run_id: str, folder: str | None = None) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_mlflow_local_store_has_params_metrics_and_figures(tmp_path):
     mlflow = pytest.importorskip("mlflow")
     cfg = make_cfg(

@@ -193,6 +193,7 @@ def test_empty_directory_and_cli(tmp_path: Path, two_by_two: Path, capsys):
     assert "Jobs" in (empty / "summary.md").read_text()
 
 
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 def test_script_runs(two_by_two: Path):
     out = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "summarize.py"), str(two_by_two)],

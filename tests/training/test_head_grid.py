@@ -35,4 +35,4 @@ def test_chosen_head_equals_the_head_trained_alone(tmp_path):
 
 def test_grid_only_for_the_linear_probe(tmp_path):
     with pytest.raises(StrategyError, match="use it with finetune=last"):
-        train(make_cfg(SMOKE + ["finetune=top4", "+finetune.head_grid=true"], tmp_path))
+        train(make_cfg(SMOKE + ["finetune=top4", "finetune.head_grid=true"], tmp_path))
