@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from gnr650.data.validation import is_count
 from gnr650.files import write_json
 from gnr650.finetune.strategies import evaluating
 from gnr650.interpret import analysis as an
@@ -59,7 +60,7 @@ class ChangeAnalysis(ArtifactExport):
         gradcam_layer: str | None = None,
         tsne: bool = True,
     ):
-        if not isinstance(probe_images, int) or isinstance(probe_images, bool) or probe_images <= 0:
+        if not is_count(probe_images):
             raise ValueError(
                 f"analysis.probe_images must be a positive number of images (got {probe_images!r}); "
                 "e.g. analysis.probe_images=512, or callbacks without analysis to switch the analysis off."
