@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from gnr650.data import InMemoryDataModule
 from gnr650.data.images import oversized_warning
@@ -182,6 +182,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             module,
         )
         configured = instantiate_list(cfg.get("callbacks"))
+        if not loggers and any(isinstance(c, LearningRateMonitor) for c in configured):
+            # Lightning refuses a learning-rate monitor without a logger; with logger=none it has nowhere to write.
+            log.info("logger=none: the learning-rate monitor is left out (it writes only to a logger).")
+            configured = [c for c in configured if not isinstance(c, LearningRateMonitor)]
         control = run_control(
             _checkpoint_dir(configured, out),
             results["overrides"],

@@ -79,6 +79,19 @@ def _resnet_stages(net: nn.Module) -> list[Stage]:
     )
 
 
+def _timm_stages(net: nn.Module) -> list[Stage]:
+    """Any timm classifier, cut only before its classifier (``forward_head(pre_logits=True)`` is the pooled
+    input of ``get_classifier()``): enough for ``last``, ``knn`` and the head grid."""
+    from gnr650.models.factory import classifier_name
+
+    classifier = classifier_name(net)
+    features = tuple(k for k in net.state_dict() if not is_under(k, [classifier]))
+    return [
+        (features, lambda x: net.forward_head(net.forward_features(x), pre_logits=True)),
+        ((classifier,), net.get_classifier()),
+    ]
+
+
 def _stages(net: nn.Module) -> list[Stage]:
     from timm.models.vision_transformer import VisionTransformer
     from torchvision.models import ResNet
@@ -87,9 +100,11 @@ def _stages(net: nn.Module) -> list[Stage]:
         return _vit_stages(net)
     if isinstance(net, ResNet):
         return _resnet_stages(net)
+    if hasattr(net, "forward_head") and hasattr(net, "get_classifier"):
+        return _timm_stages(net)
     raise FeatureCacheError(
         f"Feature caching does not know where to cut a {type(net).__name__} "
-        "(it cuts timm VisionTransformer and torchvision ResNet); set finetune.cache_features=false."
+        "(it cuts timm models and torchvision ResNet); set finetune.cache_features=false."
     )
 
 

@@ -25,6 +25,6 @@ def layer_decay_scales(built: BuiltModel, decay: float) -> dict[str, float]:
     def depth(name: str) -> int:
         if is_under(name, built.head + built.neck):
             return n + 1
-        return next((i + 1 for i, block in enumerate(built.blocks) if is_under(name, [block])), 0)
+        return next((i + 1 for i, block in enumerate(built.blocks) if is_under(name, built.block_modules([block]))), 0)
 
     return {name: float(decay) ** (n + 1 - depth(name)) for name, _ in built.net.named_parameters()}

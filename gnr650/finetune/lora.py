@@ -37,8 +37,8 @@ def add_lora(built: BuiltModel, r: int, alpha: float, dropout: float, targets: S
     valid = lora_targets(built)
     if not valid:
         raise StrategyError(
-            f"finetune=lora adapts the linear layers of transformer blocks (model=vit_ti16, vit_b16 or another timm "
-            f"ViT); {built.name}'s blocks have none."
+            f"finetune=lora adapts linear layers inside the blocks (model=vit_ti16, vit_b16, or model=timm with a "
+            f"ViT, DeiT or Swin); {built.name}'s blocks have none."
         )
     unknown = [t for t in targets if t not in valid]
     if unknown or not targets:

@@ -60,7 +60,7 @@ def trainable_modules(
             "Training blocks while the freshly initialised head stays frozen cannot learn the task; "
             "set finetune.train_head=true."
         )
-    names = built.blocks[n - train_blocks :] if train_blocks else []
+    names = built.block_modules(built.blocks[n - train_blocks :]) if train_blocks else []
     if train_blocks:
         names += built.neck
     if train_head:

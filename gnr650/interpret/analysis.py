@@ -7,6 +7,7 @@ in float64 on the CPU so that identical networks give exactly identical numbers 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,25 +56,35 @@ def parameter_groups(net: nn.Module) -> dict[str, list[str]]:
     return groups
 
 
+RESNET_STAGE = re.compile(r"layer\d+")
+
+
 def block_names(net: nn.Module) -> list[str]:
-    """The residual blocks in order: ViT ``blocks.i``, ResNet ``layerS.i``."""
+    """The residual blocks in order: ViT ``blocks.i``, ResNet ``layerS.i``; other timm CNNs: their stages."""
     if isinstance(getattr(net, "blocks", None), nn.Sequential):
         return [f"blocks.{i}" for i in range(len(net.blocks))]
-    return [
+    blocks = [
         f"{stage}.{i}"
         for stage, module in net.named_children()
-        if stage.startswith("layer") and isinstance(module, nn.Sequential)
+        if RESNET_STAGE.fullmatch(stage) and isinstance(module, nn.Sequential)
         for i in range(len(module))
     ]
+    return blocks or representation_layers(net)
 
 
 def representation_layers(net: nn.Module) -> list[str]:
-    """Where representations are compared: after each ViT block, or after each ResNet stage."""
+    """Where representations are compared: after each ViT block, each ResNet stage, or each feature stage of
+    another timm CNN (``feature_info``, channels-first maps)."""
     if isinstance(getattr(net, "blocks", None), nn.Sequential):
         return block_names(net)
-    stages = [name for name, m in net.named_children() if name.startswith("layer") and isinstance(m, nn.Sequential)]
+    stages = [n for n, m in net.named_children() if RESNET_STAGE.fullmatch(n) and isinstance(m, nn.Sequential)]
+    if not stages and getattr(net, "output_fmt", "NCHW") == "NCHW" and not attention_layers(net):
+        stages = [info["module"] for info in getattr(net, "feature_info", [])]
     if not stages:
-        raise ValueError(f"{type(net).__name__} has neither ViT blocks nor ResNet stages to compare")
+        raise ValueError(
+            f"The analyses know timm ViTs, ResNets and timm CNNs with channels-first stages; {type(net).__name__} "
+            "is none of them (e.g. Swin's windowed attention). Leave the analysis callbacks out: callbacks=default."
+        )
     return stages
 
 

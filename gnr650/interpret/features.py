@@ -58,7 +58,7 @@ def channel_grid(fmap: torch.Tensor, num_channels: int = 16) -> torch.Tensor:
 
 def load_image(path: str | Path) -> torch.Tensor:
     """Any image file as a uint8 RGB tensor [3, H, W], decoded as the data sets decode theirs."""
-    return torch.from_numpy(decode_image(path)).permute(2, 0, 1).contiguous()
+    return torch.tensor(decode_image(path)).permute(2, 0, 1).contiguous()  # a copy: the decoded array is read-only
 
 
 def pick_image(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,12 @@ class BuiltModel:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     weights: str | None = None
+    # Modules that train with a block beside it (timm groups a stage's downsampling layer with its first block).
+    block_parts: dict[str, list[str]] = field(default_factory=dict)
+
+    def block_modules(self, blocks: list[str]) -> list[str]:
+        """The given blocks with the modules that train with them."""
+        return [m for b in blocks for m in (*self.block_parts.get(b, ()), b)]
 
 
 def find_local_weights(weights_dir: str | None, arch: str) -> Path | None:
@@ -86,6 +93,48 @@ def build_resnet18(
     return built
 
 
+def _create_timm(
+    arch: str,
+    num_classes: int,
+    kwargs: dict,
+    pretrained: bool,
+    weights: str | None,
+    weights_dir: str | None,
+) -> tuple[nn.Module, str | None]:
+    """``timm.create_model(arch)`` with pretrained weights from a local file (``weights``, or
+    ``weights_dir/<arch>.*``; all but the classifier) or the timm hub; returns the network and where its
+    weights came from."""
+    kwargs = {"num_classes": num_classes, **kwargs}
+    path = Path(weights) if weights else (find_local_weights(weights_dir, arch) if pretrained else None)
+    if path is not None or not pretrained:
+        net = timm.create_model(arch, pretrained=False, **kwargs)
+        if path is not None:
+            # timm's own conversion for the architecture (e.g. ViT position-embedding resampling), when it has one.
+            adapt = getattr(sys.modules[type(net).__module__], "checkpoint_filter_fn", None)
+            load_weights(net, path, head=[classifier_name(net)], adapt=adapt)
+        return net, None if path is None else str(path)
+    try:
+        return timm.create_model(arch, pretrained=True, **kwargs), "timm-hub"
+    except Exception as e:
+        raise WeightsError(
+            f"Could not fetch pretrained '{arch}' weights from the timm hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). "
+            f"Offline? Use local weights: model.weights=<file>, or GNR650_WEIGHTS_DIR=<folder with "
+            f"{arch}.safetensors>; "
+            "export HF_HUB_OFFLINE=1 to fail at once instead of after the hub's retries; "
+            "ViT-Ti/16 weights can be used with model=vit_ti16 GNR650_WEIGHTS_DIR=<folder>; or "
+            "model.pretrained=false."
+        ) from e
+
+
+def _pretrained_stats(built: BuiltModel, net: nn.Module, source: str | None) -> BuiltModel:
+    """The normalisation the weights were trained with, when there are weights."""
+    if source is not None:
+        cfg = net.pretrained_cfg
+        built.mean, built.std, built.weights = tuple(cfg["mean"]), tuple(cfg["std"]), source
+    return built
+
+
 def build_vit(
     num_classes: int,
     arch: str,
@@ -98,29 +147,8 @@ def build_vit(
 ) -> BuiltModel:
     """A timm ViT at ``img_size``; pretrained from a local file (``weights``, or ``weights_dir/<arch>.*``) or
     the timm hub."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
-    kwargs = {"num_classes": num_classes, "img_size": img_size, "drop_path_rate": drop_path_rate}
-    path = Path(weights) if weights else (find_local_weights(weights_dir, arch) if pretrained else None)
-    if path is not None or not pretrained:
-        net = timm.create_model(arch, pretrained=False, **kwargs)
-        if path is not None:
-            load_weights(net, path, head=["head"], adapt=checkpoint_filter_fn)
-    else:
-        try:
-            net = timm.create_model(arch, pretrained=True, **kwargs)
-        except Exception as e:
-            raise WeightsError(
-                f"Could not fetch pretrained '{arch}' weights from the timm hub ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}). "
-                f"Offline? Use local weights: model.weights=<file>, or GNR650_WEIGHTS_DIR=<folder with "
-                f"{arch}.safetensors>; "
-                "export HF_HUB_OFFLINE=1 to fail at once instead of after the hub's retries; "
-                "ViT-Ti/16 weights can be used with model=vit_ti16 GNR650_WEIGHTS_DIR=<folder>; or "
-                "model.pretrained=false."
-            ) from e
-        path = "timm-hub"
-    cfg = net.pretrained_cfg
+    kwargs = {"img_size": img_size, "drop_path_rate": drop_path_rate}
+    net, source = _create_timm(arch, num_classes, kwargs, pretrained, weights, weights_dir)
     built = BuiltModel(
         name or arch,
         net,
@@ -129,6 +157,94 @@ def build_vit(
         neck=["norm", "fc_norm"],
         img_size=img_size,
     )
-    if pretrained or weights:
-        built.mean, built.std, built.weights = tuple(cfg["mean"]), tuple(cfg["std"]), str(path)
-    return built
+    return _pretrained_stats(built, net, source)
+
+
+def build_timm(
+    num_classes: int,
+    arch: str,
+    name: str | None = None,
+    img_size: int | None = None,
+    pretrained: bool = True,
+    weights: str | None = None,
+    weights_dir: str | None = None,
+    drop_path_rate: float = 0.0,
+) -> BuiltModel:
+    """Any timm classifier, its structure read from timm's own description of it.
+
+    Blocks are timm's fine-grained layer groups (``group_matcher(coarse=False)``, the groups timm's
+    layer-decay uses) that hold parameters of a ``feature_info`` stage; the group's other parameters
+    (the final norm) and everything after the last block but the classifier (``get_classifier``) form
+    the neck; a stage's downsampling layer trains with the block timm groups it with (``block_parts``).
+    ``img_size``: null = the size the architecture was defined for (``pretrained_cfg``); an int is passed
+    to models that take one (ViT, Swin) and otherwise only resizes the input (convolutional nets).
+    """
+    if not timm.is_model(arch):
+        raise ValueError(
+            f"model.arch={arch!r} is not a timm model name; list them with timm.list_models('<pattern>'), "
+            "e.g. 'convnext_tiny', 'swin_tiny_patch4_window7_224', 'deit_small_patch16_224'."
+        )
+    kwargs = {"drop_path_rate": drop_path_rate}
+    sized = kwargs if img_size is None else {**kwargs, "img_size": img_size}
+    try:
+        net, source = _create_timm(arch, num_classes, sized, pretrained, weights, weights_dir)
+    except TypeError as e:  # a convolutional net has no img_size: it takes any input size
+        if sized is kwargs or "img_size" not in str(e):
+            raise
+        net, source = _create_timm(arch, num_classes, kwargs, pretrained, weights, weights_dir)
+    classifier = classifier_name(net)
+    blocks, parts, neck = _timm_structure(net, classifier)
+    if img_size is None:
+        img_size = net.pretrained_cfg["input_size"][-1]
+    built = BuiltModel(
+        name or arch, net, blocks=blocks, head=[classifier], neck=neck, img_size=img_size, block_parts=parts
+    )
+    return _pretrained_stats(built, net, source)
+
+
+def classifier_name(net: nn.Module) -> str:
+    """The module name of a timm model's classifier (``get_classifier``)."""
+    return next(name for name, m in net.named_modules() if m is net.get_classifier())
+
+
+def _timm_structure(net: nn.Module, classifier: str) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """Blocks, the modules timm groups with each block, and the neck, from timm's layer groups and feature stages."""
+    from timm.models import group_parameters
+
+    stages = [info["module"] for info in getattr(net, "feature_info", [])]
+    if not hasattr(net, "group_matcher") or not stages:
+        raise ValueError(
+            f"timm's {type(net).__name__} does not describe its layer groups and stages (group_matcher, "
+            "feature_info), so its blocks are unknown; use finetune=full or finetune=last with it."
+        )
+    groups = group_parameters(net, net.group_matcher(coarse=False))
+    blocks, parts, neck = [], {}, []
+    for params in groups.values():
+        in_stage = [p for p in params if any(p.startswith(s + ".") for s in stages)]
+        if in_stage:
+            modules = _covering_modules(net, in_stage)
+            blocks.append(modules[-1])
+            parts[modules[-1]] = modules[:-1]
+            neck += _covering_modules(net, [p for p in params if p not in in_stage])
+        elif blocks:  # after the last block: norms and pooling layers before the classifier
+            neck += _covering_modules(net, [p for p in params if not p.startswith(classifier + ".")])
+    if not blocks:
+        raise ValueError(f"timm's {type(net).__name__}: no layer group lies inside its feature stages {stages}.")
+    return blocks, {b: p for b, p in parts.items() if p}, neck
+
+
+def _covering_modules(net: nn.Module, params: list[str]) -> list[str]:
+    """The fewest module (or parameter) names, in order, whose parameters are exactly ``params``."""
+    chosen = set(params)
+    names: list[str] = []
+    for param in params:
+        parts = param.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if i == len(parts) or all(
+                f"{prefix}.{n}" in chosen for n, _ in net.get_submodule(prefix).named_parameters()
+            ):
+                break
+        if prefix not in names:
+            names.append(prefix)
+    return names

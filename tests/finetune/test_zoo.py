@@ -148,7 +148,7 @@ def test_bad_lora_settings_are_refused_before_the_model_changes(lora, message, v
     assert set(built.net.state_dict()) == set(vit_ti.net.state_dict())
 
 
-@pytest.mark.parametrize("strategy,message", [("lora", "linear layers of transformer blocks"), ("vpt", "vit_ti16")])
+@pytest.mark.parametrize("strategy,message", [("lora", "adapts linear layers inside the blocks"), ("vpt", "vit_ti16")])
 def test_vit_only_strategies_refuse_resnet_naming_the_models(strategy, message):
     with torch.device("meta"), pytest.raises(StrategyError, match=message):
         _prepare(build_resnet18(10), strategy)
