@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,9 +175,9 @@ def build_timm(
     """Any timm classifier, its structure read from timm's own description of it.
 
     Blocks are timm's fine-grained layer groups (``group_matcher(coarse=False)``, the groups timm's
-    layer-decay uses) that hold parameters of a ``feature_info`` stage; the group's other parameters
-    (the final norm) and everything after the last block but the classifier (``get_classifier``) form
-    the neck; a stage's downsampling layer trains with the block timm groups it with (``block_parts``).
+    layer-decay uses; see ``_timm_structure``); a stage's downsampling layer trains with the block timm
+    groups it with (``block_parts``); the final norm and everything after the last block but the
+    classifier (``get_classifier``) form the neck.
     ``img_size``: null = the size the architecture was defined for (``pretrained_cfg``); an int is passed
     to models that take one (ViT, Swin) and otherwise only resizes the input (convolutional nets).
     """
@@ -204,33 +206,49 @@ def build_timm(
 
 def classifier_name(net: nn.Module) -> str:
     """The module name of a timm model's classifier (``get_classifier``)."""
-    return next(name for name, m in net.named_modules() if m is net.get_classifier())
+    classifier = net.get_classifier()
+    name = next((name for name, m in net.named_modules() if m is classifier), None)
+    if name is None:  # e.g. distilled models return two heads
+        raise ValueError(f"timm's {type(net).__name__} has no single classifier module; use another architecture.")
+    return name
 
 
 def _timm_structure(net: nn.Module, classifier: str) -> tuple[list[str], dict[str, list[str]], list[str]]:
-    """Blocks, the modules timm groups with each block, and the neck, from timm's layer groups and feature stages."""
+    """Blocks, the modules timm groups with each block, and the neck, from timm's fine-grained layer groups.
+
+    A group holds one block (the module whose name, digits aside, is the most common one: ``blocks.#``,
+    ``stages.#.blocks.#``, ``s#.b#``; or a stage holding just one) with what timm groups before it (a
+    stage's downsampling) and, in the last block's group, what timm attaches after it (the final norm:
+    neck); groups after the last block (norms, pooling before the classifier) are neck too, groups before
+    the first are the stem.
+    """
     from timm.models import group_parameters
 
-    stages = [info["module"] for info in getattr(net, "feature_info", [])]
-    if not hasattr(net, "group_matcher") or not stages:
+    if not hasattr(net, "group_matcher"):
         raise ValueError(
-            f"timm's {type(net).__name__} does not describe its layer groups and stages (group_matcher, "
-            "feature_info), so its blocks are unknown; use finetune=full or finetune=last with it."
+            f"timm's {type(net).__name__} does not describe its layer groups (group_matcher), so its blocks are "
+            "unknown; use finetune=full or finetune=last with it."
         )
-    groups = group_parameters(net, net.group_matcher(coarse=False))
+    groups = [
+        _covering_modules(net, [p for p in params if not p.startswith(classifier + ".")])
+        for params in group_parameters(net, net.group_matcher(coarse=False)).values()
+    ]
+    shapes = Counter(re.sub(r"\d+", "#", m) for modules in groups for m in modules if re.search(r"\d", m))
+    if not shapes:
+        raise ValueError(f"timm's {type(net).__name__}: no numbered blocks among its layer groups.")
+    shape = shapes.most_common(1)[0][0]
     blocks, parts, neck = [], {}, []
-    for params in groups.values():
-        in_stage = [p for p in params if any(p.startswith(s + ".") for s in stages)]
-        if in_stage:
-            modules = _covering_modules(net, in_stage)
-            blocks.append(modules[-1])
-            parts[modules[-1]] = modules[:-1]
-            neck += _covering_modules(net, [p for p in params if p not in in_stage])
-        elif blocks:  # after the last block: norms and pooling layers before the classifier
-            neck += _covering_modules(net, [p for p in params if not p.startswith(classifier + ".")])
-    if not blocks:
-        raise ValueError(f"timm's {type(net).__name__}: no layer group lies inside its feature stages {stages}.")
-    return blocks, {b: p for b, p in parts.items() if p}, neck
+    for modules in groups:
+        # A block, or a stage holding a single block (its whole module is the group: ``blocks.6`` for ``blocks.6.0``).
+        at = [i for i, m in enumerate(modules) if f"{shape}.".startswith(re.sub(r"\d+", "#", m) + ".")]
+        if at:
+            blocks.append(modules[at[-1]])
+            if at[-1] > 0:
+                parts[modules[at[-1]]] = modules[: at[-1]]
+            neck += modules[at[-1] + 1 :]
+        elif blocks:
+            neck += modules
+    return blocks, parts, neck
 
 
 def _covering_modules(net: nn.Module, params: list[str]) -> list[str]:
