@@ -154,3 +154,11 @@ def test_train_composes_and_runs_a_timm_model(tmp_path):
 def test_analysis_refuses_swin_clearly(swin):
     with pytest.raises(ValueError, match="SwinTransformer is none of them.*callbacks=default"):
         representation_layers(swin.net)
+
+
+def test_single_block_stages_are_blocks():
+    """EfficientNet's one-block stages are whole modules in timm's groups (``blocks.6`` for ``blocks.6.0``)."""
+    with torch.device("meta"):
+        built = build_timm(10, "efficientnet_b0", pretrained=False)
+    assert len(built.blocks) == sum(len(stage) for stage in built.net.blocks)
+    assert built.neck == ["conv_head", "bn2"] and built.head == ["classifier"]
