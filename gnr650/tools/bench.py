@@ -3,6 +3,7 @@
     gnr650-bench experiment=overfit-resnet18                       # per-epoch time, 5 epochs per run
     gnr650-bench experiment=overfit-resnet18 --mode run            # whole runs, the config's max_epochs
     gnr650-bench model=vit_b16 finetune=full batch_size=128 trainer=gpu
+    gnr650-bench experiment=eurosat-vit model=vit_ti16 --strategies full,last,top4,lora,vpt,bitfit,norm,llrd
 
 In one process, alternating (ABBA), it runs (a) ``train(cfg)``, exactly what ``train.py`` runs
 (LightningModule, Trainer, callbacks, logger, final evaluation, feature cache when on), with a
@@ -10,6 +11,9 @@ timing callback added, and (b) a hand-written loop over the same in-memory tenso
 model and preprocessing (built by ``build(cfg)``), batch size, precision, AdamW groups and
 schedule, with per-epoch validation and the final train/val/test evaluation. It prints images/s,
 epoch and whole-run wall time, peak memory and the ratios, and records them in a markdown file.
+With ``--strategies`` it instead runs ``train(cfg)`` once per strategy and repeat (rotating the order)
+and compares each strategy's training images/s with the first one's (``full``: what a
+parameter-efficient strategy should not be slower than).
 """
 
 from __future__ import annotations
@@ -173,7 +177,12 @@ def run_framework(cfg: DictConfig, out_dir: Path) -> Run:
         train_s,
         total,
         mem.label,
-        {"feature_cache": results.get("feature_cache"), "test_acc": results["metrics"]["test/acc"]},
+        {
+            "feature_cache": results.get("feature_cache"),
+            "test_acc": results["metrics"]["test/acc"],
+            "n_train": results["data"]["sizes"]["train"],
+            "trainable": results["params"]["trainable"],
+        },
     )
 
 
@@ -399,6 +408,57 @@ def write_markdown(path: Path, section: str) -> None:
     path.write_text("\n## ".join([parts[0].rstrip("\n") + "\n"] + kept).rstrip("\n") + "\n\n" + section)
 
 
+def run_strategies(args: argparse.Namespace) -> tuple[str, str]:
+    """Each strategy's training images/s (training phase of every epoch but the first), against the first's."""
+    names = [n for n in args.strategies.split(",") if n]
+    cfgs = {n: compose_cfg([*args.overrides, f"finetune={n}"], args.epochs) for n in names}
+    runs: dict[str, list[Run]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory(prefix="gnr650-bench-") as tmp:
+        for r in range(args.repeats):
+            for n in names[r % len(names) :] + names[: r % len(names)]:  # rotate: no strategy always runs first
+                run = run_framework(cfgs[n], Path(tmp) / f"{n}{r}")
+                runs[n].append(run)
+                print(f"[bench] {n} run {r}: epochs {[round(t, 3) for t in run.epoch_s]} s", flush=True)
+    stats = {n: summarize(v, v[0].notes["n_train"], skip_first=True) for n, v in runs.items()}
+    base = stats[names[0]]
+    cfg = cfgs[names[0]]
+    head = (
+        f"{cfg.model.name} at {cfg.model.get('img_size')} px on {cfg.dataset._target_.rsplit('.', 1)[-1]} "
+        f"({base['notes']['n_train']} train images), batch {cfg.batch_size}, precision {cfg.trainer.precision}, "
+        f"device {_device(cfg).type}, {args.epochs} epochs (first left out) x {args.repeats} repeats, rotating order"
+    )
+    rows = []
+    for n, st in stats.items():
+        cache = st["notes"].get("feature_cache") or {}
+        rows.append(
+            [
+                n,
+                f"{st['notes']['trainable']:,}",
+                f"{st['median']['images_s']:.1f} / {st['best']['images_s']:.1f}",
+                f"{st['median']['images_s'] / base['median']['images_s']:.2f} / "
+                f"{st['best']['images_s'] / base['best']['images_s']:.2f}",
+                cache.get("at") or "none",
+                st["peak"],
+            ]
+        )
+    titles = ["strategy", "trainable", "images/s (median / best)", f"vs {names[0]}", "cached before", "peak memory"]
+    text = "\n".join([head, *("  ".join(f"{c:>14}" for c in row) for row in [titles, *rows])])
+    command = "gnr650-bench " + " ".join(_without_out(args.argv))
+    md = [
+        f"## `{command}`",
+        "",
+        f"- when: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine()}",
+        f"- setting: {head}",
+        "",
+        "| " + " | ".join(titles) + " |",
+        "|---|---:|---:|---:|---|---|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+    ]
+    return text, "\n".join(md)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="gnr650-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
@@ -411,6 +471,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=5, help="epochs per run in epoch mode (the first is warm-up)")
     p.add_argument("--repeats", type=int, default=3, help="alternating (a, b) pairs, order flipped every other pair")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to record the numbers in")
+    p.add_argument(
+        "--strategies",
+        default="",
+        help="comma-separated finetune options: training images/s of each against the first (e.g. full,lora,vpt)",
+    )
     args = p.parse_args(argv)
     args.argv = argv
     return args
@@ -419,6 +484,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     prepare_process()
+    if args.strategies:
+        text, section = run_strategies(args)
+        print(text)
+        write_markdown(args.out, section)
+        print(f"[bench] recorded in {args.out}")
+        return 0
     cfg = compose_cfg(args.overrides, args.epochs if args.mode == "epoch" else None)
     runs: dict[str, list[Run]] = {"framework": [], "plain": []}
     with tempfile.TemporaryDirectory(prefix="gnr650-bench-") as tmp:

@@ -42,3 +42,15 @@ def test_markdown_sections_are_replaced_by_command(tmp_path):
 def test_epoch_marks_to_epoch_and_training_times():
     marks = [("epoch", 0.0), ("val", 1.0), ("epoch", 1.5), ("val", 2.5), ("end", 3.2)]
     assert _epochs(marks) == ([1.5, pytest.approx(1.7)], [1.0, 1.0])
+
+
+def test_strategies_mode_compares_each_strategy_with_the_first(tmp_path, capsys):
+    out = tmp_path / "benchmarks.md"
+    args = ["debug=smoke", "model=vit_ti16", "trainer.enable_progress_bar=false", "--strategies", "full,last"]
+    assert main(args + ["--epochs", "2", "--repeats", "1", "--out", str(out)]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1]}
+    full, last = rows["full"], rows["last"]
+    assert full[5:8] == ["1.00", "/", "1.00"]  # the first strategy against itself
+    assert int(full[1].replace(",", "")) > int(last[1].replace(",", "")) > 0
+    assert float(last[2]) > 0 and last[8] == "head_drop"  # `last` trains on features cached before the head
+    assert "| full |" in out.read_text() and "--strategies full,last" in out.read_text()
