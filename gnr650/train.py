@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from gnr650.data import InMemoryDataModule
+from gnr650.data import DecodedImageDataModule
 from gnr650.data.images import oversized_warning
 from gnr650.finetune import StrategyError, count_params, feature_cache, prepare_strategy
 from gnr650.finetune.knn import KNNBank, KNNClassifier
@@ -67,9 +67,9 @@ def _checkpoint_dir(callbacks: list[Any], output_dir: Path) -> Path:
     )
 
 
-def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, ClassificationModule]:
+def build(cfg: DictConfig) -> tuple[DecodedImageDataModule, BuiltModel, ClassificationModule]:
     """Data first (cheap to check), then the model, the strategy and the LightningModule."""
-    dm: InMemoryDataModule = instantiate(cfg.dataset)
+    dm: DecodedImageDataModule = instantiate(cfg.dataset)
     dm.setup()
     built: BuiltModel = instantiate(cfg.model, num_classes=dm.num_classes)
     oversized = oversized_warning(dm.split("train").images.shape[-2:], built.img_size, dm.storage.decode_size)
@@ -118,14 +118,14 @@ def build(cfg: DictConfig) -> tuple[InMemoryDataModule, BuiltModel, Classificati
         preprocess,
         dm.class_names,
         strategy.trainable,
-        built.head,
+        built.head + strategy.new,  # the modules at lr_head: the head, and adapters or prompts
         **OmegaConf.to_container(cfg.optimizer, resolve=True),
         lr_scales=strategy.lr_scales,
     )
     return dm, built, module
 
 
-def input_spec(preprocess: DevicePreprocess, dm: InMemoryDataModule) -> dict[str, Any]:
+def input_spec(preprocess: DevicePreprocess, dm: DecodedImageDataModule) -> dict[str, Any]:
     """What a trained network expects, for predicting and exporting without the training data: the training
     images' decoded size (others are resized to it, as decoding does), the network's input size, normalisation."""
     data_size = list(dm.split("train").images.shape[-2:])
@@ -158,6 +158,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         pl.seed_everything(cfg.seed, workers=True)
         loggers = instantiate_loggers(cfg.get("logger"))  # a missing tracker package fails before any work
+        configured = instantiate_list(cfg.get("callbacks"))  # and so does a bad callback setting
+        if not loggers and any(isinstance(c, LearningRateMonitor) for c in configured):
+            # Lightning refuses a learning-rate monitor without a logger; with logger=none it has nowhere to write.
+            log.info("logger=none: the learning-rate monitor is left out (it writes only to a logger).")
+            configured = [c for c in configured if not isinstance(c, LearningRateMonitor)]
         dm, built, module = build(cfg)
         results["dataset"] = dm.name
         results["data"] = {"sizes": dm.summary(), "classes": dm.class_names}
@@ -181,11 +186,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             dm,
             module,
         )
-        configured = instantiate_list(cfg.get("callbacks"))
-        if not loggers and any(isinstance(c, LearningRateMonitor) for c in configured):
-            # Lightning refuses a learning-rate monitor without a logger; with logger=none it has nowhere to write.
-            log.info("logger=none: the learning-rate monitor is left out (it writes only to a logger).")
-            configured = [c for c in configured if not isinstance(c, LearningRateMonitor)]
         control = run_control(
             _checkpoint_dir(configured, out),
             results["overrides"],

@@ -20,7 +20,7 @@ STEP_TIMEOUT=${STEP_TIMEOUT:-240}
 TRAINER=${TRAINER:-gpu}
 PYTHON=${PYTHON:-python3}
 SWEEP_DIR=${SWEEP_DIR:-/tmp/gnr650-gpu-sweep}
-STEPS=${STEPS:-"sweep ti_full b16_full b16_full_compiled b16_top4_cached b16_top4_uncached b16_last_run ti_bs512"}
+STEPS=${STEPS:-"sweep ti_full b16_full b16_full_compiled b16_top4_cached b16_top4_uncached b16_last_run ti_bs512 ti_strategies"}
 read -r -a EXTRA <<< "${EXTRA:-}"
 export PYTHONUNBUFFERED=1
 
@@ -72,6 +72,7 @@ for step in $STEPS; do
     b16_top4_uncached) bench model=vit_b16 finetune=top4 batch_size=128 finetune.cache_features=false ;;
     b16_last_run) bench model=vit_b16 finetune=last batch_size=128 trainer.max_epochs=10 -- --mode run --repeats 1 ;;
     ti_bs512) bench model=vit_ti16 finetune=full batch_size=512 ;;
+    ti_strategies) bench model=vit_ti16 batch_size=128 -- --strategies full,lora,vpt,bitfit,norm,llrd,top4,last ;;
     *) echo "[gpu_benchmarks] unknown step '$step'"; exit 2 ;;
   esac
 done

@@ -1,7 +1,7 @@
 """Data sets decoded into memory, split by seed, served as uint8 batches."""
 
 from gnr650.data.cifar10 import Cifar10SubsetDataModule
-from gnr650.data.datamodule import SPLITS, InMemoryDataModule, Split
+from gnr650.data.datamodule import SPLITS, DecodedImageDataModule, Split
 from gnr650.data.eurosat import EuroSATDataModule
 from gnr650.data.imagefolder import ImageFolderDataModule
 from gnr650.data.synthetic import SyntheticDataModule
@@ -9,7 +9,7 @@ from gnr650.data.synthetic import SyntheticDataModule
 __all__ = [
     "SPLITS",
     "Split",
-    "InMemoryDataModule",
+    "DecodedImageDataModule",
     "Cifar10SubsetDataModule",
     "EuroSATDataModule",
     "ImageFolderDataModule",

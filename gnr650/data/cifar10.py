@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from gnr650.data.datamodule import InMemoryDataModule, Split
+from gnr650.data.datamodule import DecodedImageDataModule, Split
 from gnr650.data.decoded_store import decoded_split
 from gnr650.data.folders import missing_data, scan_class_folders
 from gnr650.data.splits import sample_per_class
@@ -15,7 +15,7 @@ from gnr650.data.validation import is_count
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-class Cifar10SubsetDataModule(InMemoryDataModule):
+class Cifar10SubsetDataModule(DecodedImageDataModule):
     """Train = ``per_class`` images per class, val = a further disjoint ``val_per_class``, test = the full test split.
 
     Sources, tried in order under ``root``: torchvision's ``cifar-10-batches-py`` (read into memory whole: the

@@ -120,8 +120,9 @@ class _PrefetchingLoader(DataLoader):
         return _prefetched(super().__iter__(), self.pin)
 
 
-class InMemoryDataModule(pl.LightningDataModule):
-    """Base class: subclasses implement ``load()`` returning the three splits and the class names."""
+class DecodedImageDataModule(pl.LightningDataModule):
+    """Base class of the data sets: splits of decoded uint8 images, in memory or in a memory-mapped store
+    (``storage``); subclasses implement ``load()`` returning the three splits and the class names."""
 
     name = "dataset"
 

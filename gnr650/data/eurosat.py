@@ -6,14 +6,14 @@ from pathlib import Path
 
 import torch
 
-from gnr650.data.datamodule import SPLITS, InMemoryDataModule
+from gnr650.data.datamodule import SPLITS, DecodedImageDataModule
 from gnr650.data.decoded_store import decoded_split
 from gnr650.data.folders import missing_data, scan_class_folders
 from gnr650.data.splits import class_balanced_subset, stratified_split
 from gnr650.data.validation import check_fraction, check_ratios
 
 
-class EuroSATDataModule(InMemoryDataModule):
+class EuroSATDataModule(DecodedImageDataModule):
     """``root/eurosat/2750/<Class>/*.jpg``; ``fraction`` keeps a class-balanced subset before splitting.
 
     ``split_files`` ({train, val, test}: text files with one image file name per line, as in the

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import torch
 
-from gnr650.data.datamodule import SPLITS, InMemoryDataModule
+from gnr650.data.datamodule import SPLITS, DecodedImageDataModule
 from gnr650.data.decoded_store import decoded_split
 from gnr650.data.folders import missing_data, scan_class_folders
 from gnr650.data.splits import class_balanced_subset, stratified_split
 from gnr650.data.validation import check_fraction, check_ratios
 
 
-class ImageFolderDataModule(InMemoryDataModule):
+class ImageFolderDataModule(DecodedImageDataModule):
     """Pre-split folders are used as they are; a single folder is split stratified by ``ratios``.
 
     Images are stored at the most common size (others are resized to it) unless ``decode_size`` says otherwise.

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gnr650.data.datamodule import SPLITS, InMemoryDataModule, Split
+from gnr650.data.datamodule import SPLITS, DecodedImageDataModule, Split
 from gnr650.data.validation import is_count
 
 
-class SyntheticDataModule(InMemoryDataModule):
+class SyntheticDataModule(DecodedImageDataModule):
     """Each class is a fixed random low-frequency colour pattern; images add per-pixel noise."""
 
     name = "synthetic"

@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from gnr650.data import SPLITS, InMemoryDataModule, Split
+from gnr650.data import SPLITS, DecodedImageDataModule, Split
 from gnr650.finetune.strategies import evaluating, is_under
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class FeatureCache(pl.Callback):
         if stage != "fit" or self.summary is not None:
             return
         start = time.perf_counter()
-        dm: InMemoryDataModule = trainer.datamodule
+        dm: DecodedImageDataModule = trainer.datamodule
         pl_module.to(trainer.strategy.root_device)
         dtype = torch.bfloat16 if str(trainer.precision).startswith("bf16") else torch.float32
         with evaluating(pl_module):
@@ -236,7 +236,7 @@ class FeatureCache(pl.Callback):
 
     def _fill(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The prefix output of every split, written into the served tensors."""
-        dm: InMemoryDataModule = trainer.datamodule
+        dm: DecodedImageDataModule = trainer.datamodule
         batch = dm.eval_batch_size
         with evaluating(pl_module):
             for name in SPLITS:
@@ -252,7 +252,7 @@ def _versions(net: nn.Module) -> tuple[int, ...]:
 
 
 def feature_cache(
-    mode: bool | str, max_gb: float, compile: bool, dm: InMemoryDataModule, module: pl.LightningModule
+    mode: bool | str, max_gb: float, compile: bool, dm: DecodedImageDataModule, module: pl.LightningModule
 ) -> FeatureCache | None:
     """The cache callback for this run, or None when caching is off, moot or not exact.
 

@@ -34,8 +34,9 @@ class KNNClassifier(nn.Module):
     def fit(self, features: torch.Tensor, labels: torch.Tensor) -> KNNClassifier:
         if len(features) < self.k:
             raise StrategyError(f"finetune.knn.k={self.k} is larger than the {len(features)} train features.")
-        self.bank = F.normalize(features.float(), dim=1)
-        self.labels = labels.to(features.device)
+        with torch.inference_mode(False):  # filled during testing; later gradients (Grad-CAM) may flow through it
+            self.bank = F.normalize(features.float(), dim=1).clone()
+            self.labels = labels.to(features.device).clone()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gnr650.finetune.layer_decay import layer_decay_scales
@@ -15,10 +15,12 @@ from gnr650.models import BuiltModel
 
 @dataclass
 class Strategy:
-    """What trains (module or parameter names) and, for layer-wise decay, each parameter's lr scale."""
+    """What trains (module or parameter names), what of it is new (adapters, prompts: freshly initialised like
+    the head, so trained at the head's rate) and, for layer-wise decay, each parameter's lr scale."""
 
     trainable: list[str]
     lr_scales: dict[str, float] | None = None
+    new: list[str] = field(default_factory=list)
 
 
 def prepare_strategy(
@@ -33,13 +35,16 @@ def prepare_strategy(
     """Check the settings, then add ``lora`` adapters / ``vpt`` prompts to ``built.net`` (in place).
 
     ``lora``: ``r``, ``alpha``, ``dropout``, ``targets``; ``vpt``: ``tokens``, ``deep``; ``layer_decay``
-    in (0, 1]. The adapters and prompts train on top of ``train_blocks``/``train_head``/``train_params``.
+    in (0, 1]. The adapters and prompts train on top of ``train_blocks``/``train_head``/``train_params``, at
+    ``lr_head`` (they start from scratch, as the head does).
     """
     trainable = trainable_modules(built, train_blocks, train_head, train_params)
     if layer_decay is not None:
         layer_decay_scales(built, layer_decay)  # checked before the network changes
+    new = []
     if lora is not None:
-        trainable = add_lora(built, **lora) + trainable
+        new += add_lora(built, **lora)
     if vpt is not None:
-        trainable = add_prompts(built, **vpt) + trainable
-    return Strategy(trainable, layer_decay_scales(built, layer_decay) if layer_decay is not None else None)
+        new += add_prompts(built, **vpt)
+    scales = layer_decay_scales(built, layer_decay) if layer_decay is not None else None
+    return Strategy(new + trainable, scales, new)

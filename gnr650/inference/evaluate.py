@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gnr650.data import InMemoryDataModule
+from gnr650.data import DecodedImageDataModule
 from gnr650.files import write_json
 from gnr650.inference.trained_run import TrainedRun, load_run
 from gnr650.runs import evaluation_fields, versions
@@ -37,7 +37,7 @@ def check_classes(run_classes: list[str], data_classes: list[str]) -> None:
 
 
 def evaluate(
-    run: TrainedRun, dm: InMemoryDataModule, accelerator: str = "auto", precision: str | int | None = None
+    run: TrainedRun, dm: DecodedImageDataModule, accelerator: str = "auto", precision: str | int | None = None
 ) -> dict[str, Any]:
     """Metrics of ``run`` on every split of ``dm``, with the keys of results.json; classes checked before."""
     dm.setup()
@@ -78,7 +78,7 @@ def hydra_task(cfg: DictConfig) -> dict[str, Any]:
     """What ``eval.py`` runs: load ``cfg.run``, evaluate, write ``<output dir>/eval_results.json``."""
     start = time.perf_counter()
     run = load_run(cfg.run)
-    dm: InMemoryDataModule = instantiate(run_dataset(run, cfg), eval_batch_size=cfg.eval_batch_size)
+    dm: DecodedImageDataModule = instantiate(run_dataset(run, cfg), eval_batch_size=cfg.eval_batch_size)
     results = evaluate(run, dm, cfg.accelerator, cfg.get("precision"))
     results["config"] = OmegaConf.to_container(cfg, resolve=False)
     results["timing"] = {"total_s": round(time.perf_counter() - start, 3)}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ class RunControl:
         """Around ``trainer.fit``: the resume checkpoint is checked first and read without pickled code."""
         if self.ckpt_path:
             check_checkpoint(self.ckpt_path)
-        with refusing_pickled_code(self.ckpt_path), reporting_sigterm(self.last):
+        with refusing_pickled_code(self.ckpt_path), reporting_sigterm(self.last), warnings.catch_warnings():
+            if self.ckpt_path:  # resuming: the run's own checkpoints are expected in its checkpoint folder
+                warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
             yield
 
     @staticmethod

@@ -29,8 +29,14 @@ INTENTIONAL_WARNINGS = (
 
 # Lightning console messages (logger name -> message starts) that are not for this framework's user, with why.
 INTENTIONAL_LOG_MESSAGES = {
-    # Advertising for Lightning's cloud products ("💡 Tip: ... try installing litlogger / litmodels").
-    "pytorch_lightning.utilities.rank_zero": ("💡 Tip:",),
+    # Advertising for Lightning's cloud products ("💡 Tip: ... try installing litlogger / litmodels"); accelerators
+    # this framework does not run on; and a note on how Lightning counts the scheduler's steps.
+    "pytorch_lightning.utilities.rank_zero": (
+        "💡 Tip:",
+        "TPU available:",
+        "HPU available:",
+        "Loading `train_dataloader` to estimate number of stepping batches.",
+    ),
     # last.ckpt is a full checkpoint on purpose (resume); Lightning notes the default it took when saving it.
     "pytorch_lightning.trainer.connectors.checkpoint_connector": ("`weights_only` was not set",),
 }

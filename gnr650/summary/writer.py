@@ -49,7 +49,18 @@ def write_summary(multirun_dir: str | Path) -> Summary:
     data = {"multirun_dir": str(root), "swept": swept, "jobs": records, "seed_aggregate": seeds or None}
     _write(summary, "summary.json", json.dumps(data, indent=2, default=str) + "\n")
 
-    drawn = [entry for entry in _figures(jobs) if entry is not None]
+    attentions = attention.load_attention(jobs)
+    drawn = [entry for entry in _figures(jobs, attentions) if entry is not None]
+    entropy = _draw(
+        "attention_entropy.png",
+        "Entropy of the CLS token's attention over patches per layer in the exported attention maps "
+        "(head mean, averaged over the exported images): lower means sharper.",
+        attention.entropy_figure,
+        attentions,
+    )
+    sections = _sections(summary, jobs, data, [entropy] if entropy else [])
+    if entropy and not sections:  # no "What changed" section to hold it
+        drawn.append(entropy)
     for entry in drawn:
         _write(summary, entry.name, entry.png)
 
@@ -57,7 +68,6 @@ def write_summary(multirun_dir: str | Path) -> Summary:
     meta = _meta(jobs, swept)
     job_table, seed_table = tables.job_table(jobs), tables.seed_table(jobs)
     named_tables = [("Jobs", job_table)] + ([("Mean ± std over seeds", seed_table)] if seed_table else [])
-    sections = _sections(summary, jobs, data)
     if sections:  # rewritten with the section's numbers (the tables were written first, before any figure)
         summary.files.remove(summary.multirun_dir / "summary.json")
         _write(summary, "summary.json", json.dumps(data, indent=2, default=str) + "\n")
@@ -66,9 +76,9 @@ def write_summary(multirun_dir: str | Path) -> Summary:
     return summary
 
 
-def _sections(summary: Summary, jobs: list[Job], data: dict) -> list:
-    """The "What changed" section (figures written beside the others, numbers added to summary.json); a
-    failure there costs that section only."""
+def _sections(summary: Summary, jobs: list[Job], data: dict, more: list[FigureEntry]) -> list:
+    """The "What changed" section (figures written beside the others, numbers added to summary.json), with
+    ``more`` figures after its own (the exported maps' attention entropy); a failure there costs that section only."""
     try:
         changed = changes.section(jobs)
     except Exception:
@@ -77,13 +87,14 @@ def _sections(summary: Summary, jobs: list[Job], data: dict) -> list:
     if changed is None:
         return []
     drawn = [e for name, caption, fig in changed.figures if (e := _draw(name, caption, lambda f=fig: f)) is not None]
+    drawn += more
     for entry in drawn:
         _write(summary, entry.name, entry.png)
     data["what_changed"] = changed.data
     return [(changed.heading, changed.lines, changed.tables, drawn)]
 
 
-def _figures(jobs: list[Job]):
+def _figures(jobs: list[Job], attentions: list):
     """Yield each figure as a FigureEntry (None when it has no data or could not be drawn)."""
     yield _draw(
         "accuracy.png",
@@ -110,14 +121,6 @@ def _figures(jobs: list[Job]):
         "(band: ± std across kernels) and its ratio to the start, per job.",
         figures.kernel_norm_figure,
         jobs,
-    )
-    attentions = attention.load_attention(jobs)
-    yield _draw(
-        "attention_entropy.png",
-        "Entropy of the CLS token's attention over patches per layer "
-        "(head mean, averaged over the exported images): lower means sharper.",
-        attention.entropy_figure,
-        attentions,
     )
     for name in attention.class_names(attentions):
         yield _draw(

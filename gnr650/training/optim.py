@@ -51,7 +51,7 @@ def adamw_warmup_cosine(
             "lr": (hp.lr_head if part == "head" else hp.lr_backbone) * scale,
             "weight_decay": wd,
             "name": f"{part}{'' if decay else '_no_decay'}{'' if scale == 1.0 else f'_x{scale:.4g}'}"
-            + ("" if wd in (hp.weight_decay, 0.0) else f"_wd{wd:.4g}"),
+            + ("" if not decay or wd == hp.weight_decay else f"_wd{wd:.4g}"),  # unique: LR monitors key on it
         }
         for (part, decay, wd, scale), ps in groups.items()
     ]

@@ -1,5 +1,7 @@
 """Every zoo strategy through train(cfg): a completed results.json like the seed's four, the cache where exact."""
 
+import json
+
 import pytest
 import torch
 
@@ -33,3 +35,19 @@ def test_strategy_trains_and_reports_like_the_others(strategy, cached_at, last_m
 def test_cache_refused_where_the_embeddings_train(tmp_path):
     with pytest.raises(FeatureCacheError, match="nothing before the first trainable module is frozen"):
         train(make_cfg(SMOKE + ["finetune=bitfit", "finetune.cache_features=true"], tmp_path))
+
+
+@pytest.mark.parametrize("strategy", ["knn", "last_grid"])
+def test_strategy_runs_with_the_presets_callbacks_and_logger(strategy, tmp_path):
+    """The zoo preset's sweep with its callbacks: the learning-rate monitor needs a distinct name per grid head,
+    and Grad-CAM backpropagates through the k-NN head (its bank is filled while testing, in inference mode)."""
+    analysis = [
+        "callbacks=[default,analysis]",
+        "logger=csv",
+        "analysis.probe_images=8",
+        "analysis.faithfulness_images=2",
+    ]
+    results = train(make_cfg(SMOKE[:-2] + [f"finetune={strategy}", *analysis], tmp_path))
+    assert results["status"] == "completed"
+    analysis_json = json.loads((tmp_path / "artifacts" / "analysis.json").read_text())
+    assert set(analysis_json["faithfulness"]) >= {"gradcam", "random"}

@@ -122,3 +122,14 @@ def test_end_labels_name_the_epoch_of_the_weights_shown(tmp_path, caplog):
     assert matrix.tolist() == results["confusion_matrix"]["test"]
     skipped = [r for r in caplog.records if "no attention layers" in r.getMessage()]
     assert len(skipped) == 1 and skipped[0].levelno == logging.INFO
+
+
+def test_bad_probe_images_stops_before_the_data_is_built(tmp_path, monkeypatch):
+    import gnr650.train as train_module
+
+    built = []
+    monkeypatch.setattr(train_module, "build", lambda cfg: built.append(cfg))
+    overrides = ["debug=smoke", "model=resnet18", "callbacks=[default,analysis]", "analysis.probe_images=0"]
+    with pytest.raises(Exception, match="analysis.probe_images must be a positive number"):
+        train(make_cfg(overrides, tmp_path))
+    assert not built

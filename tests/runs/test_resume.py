@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,11 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(signum, epoch, batch, uni
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 4 * epoch + batch + 1
 
-    resumed = train(make_cfg(args + ["resume=true"], tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = train(make_cfg(args + ["resume=true"], tmp_path))
+    # The run's own checkpoints in its folder are no news to the user resuming it.
+    assert not [w.message for w in caught if str(w.message).startswith("Checkpoint directory")]
     assert resumed["resumed_from"] == str(tmp_path / "checkpoints" / "last.ckpt")
     assert_same_metrics(resumed["metrics"], read_results(uninterrupted)["metrics"])
     # metrics.csv keeps the rows logged before the interruption, gains no duplicates, and the interrupted
@@ -273,7 +278,6 @@ def test_sweep_with_a_failed_job_is_completed_by_rerunning_with_skip_done(tmp_pa
         "eval_batch_size=64",
         "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=true",
-        "trainer.enable_model_summary=false",
         f"paths.cache_dir={tmp_path / 'cache'}",
     ]
     console = finish(train_py(args, tmp_path / "sweep"))
@@ -282,6 +286,7 @@ def test_sweep_with_a_failed_job_is_completed_by_rerunning_with_skip_done(tmp_pa
     assert [first[n]["status"] for n in range(3)] == ["completed", "completed", "failed"]
     # A quiet console: no advertising, no untrue "will be deleted", one progress line per epoch, a line per job.
     assert "Tip:" not in console and "will be deleted" not in console and "weights_only` was not set" not in console
+    assert "TPU available" not in console and "Total params" not in console  # no accelerator roll-call, no table
     assert sum(line.startswith("Epoch 0/0") for line in console.splitlines()) == 2
     for n in (0, 1):
         m = first[n]["metrics"]

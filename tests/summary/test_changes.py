@@ -94,7 +94,7 @@ def test_what_changed_section_in_every_summary_file(tmp_path):
     for num, (strategy, drift, predicted) in enumerate(
         (("last", 0.0, right), ("frozen", 0.0, np.where(np.arange(30) < 10, right, wrong)), ("full", 0.5, wrong))
     ):
-        job = make_job(tmp_path, num, ["model=vit_ti16", f"finetune={strategy}"])
+        job = make_job(tmp_path, num, ["model=vit_ti16", f"finetune={strategy}"], attention=1.0 + num)
         _analysis(job, drift, 1.0)  # last and frozen: the same attention arrays
         _predictions(job, labels, predicted)
     summary = write_summary(tmp_path)
@@ -110,4 +110,7 @@ def test_what_changed_section_in_every_summary_file(tmp_path):
     html = (tmp_path / "report.html").read_text()
     for text in ("What changed", "Exact McNemar p", "Holm", "95% Wilson interval", "Deletion AUC", "what_changed.png"):
         assert text in html
-    assert "## What changed" in (tmp_path / "summary.md").read_text()
+    md = (tmp_path / "summary.md").read_text()
+    # The exported maps' entropy figure belongs to the section (after its heading), not to the general figures.
+    assert "## What changed" in md and md.index("(attention_entropy.png)") > md.index("## What changed")
+    assert (tmp_path / "attention_entropy.png") in summary.files

@@ -148,3 +148,14 @@ def test_final_metrics_are_each_splits_own_unaugmented_evaluation(tmp_path):
         assert results["metrics"][f"{split}/loss"] == pytest.approx(loss.item(), rel=1e-5), split
         if split == "val":
             assert logged_val_loss == pytest.approx(loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("strategy,new", [("lora", ".lora_"), ("vpt", "blocks.prompts")])
+def test_adapters_and_prompts_learn_at_the_head_rate(strategy, new, tmp_path):
+    """They start from scratch, as the head does: every trained tensor is at lr_head (no backbone group left)."""
+    overrides = ["model=vit_ti16", f"finetune={strategy}", "optimizer.lr_head=0.3", "optimizer.lr_backbone=0.01"]
+    dm, _, module = build(make_cfg(SMOKE + overrides + ["finetune.cache_features=false"], tmp_path))
+    trainer = _fit(module, dm, [], max_epochs=1)
+    names = {id(p): n for n, p in module.net.named_parameters()}
+    rates = {names[id(p)]: g["initial_lr"] for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert any(new in n for n in rates) and set(rates.values()) == {0.3}
