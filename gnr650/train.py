@@ -157,6 +157,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     try:
         pl.seed_everything(cfg.seed, workers=True)
+        reset_peak_memory()
         loggers = instantiate_loggers(cfg.get("logger"))  # a missing tracker package fails before any work
         configured = instantiate_list(cfg.get("callbacks"))  # and so does a bad callback setting
         if not loggers and any(isinstance(c, LearningRateMonitor) for c in configured):
@@ -257,10 +258,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+def reset_peak_memory() -> None:
+    """Start this job's peak-memory count: jobs of a sweep share one process, whose own peak is the largest job's."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM, the peak resident set size
+    except OSError:
+        log.debug("Cannot reset the peak resident size; peak_memory is the process's since it started.")
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of the run so far, in MB: allocated on the GPU, else the process's peak resident size (CPU)."""
+    """Peak memory since ``reset_peak_memory``, in MB: allocated on the GPU, else the peak resident size (CPU;
+    the process's whole peak where Linux's VmHWM is not there to read)."""
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 2**10, 1)  # kB
     import resource  # POSIX only, as is the CPU path it measures
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1)  # Linux reports KiB

@@ -110,7 +110,8 @@ def _prefetched(batches: Iterator, pin: bool) -> Iterator:
 
 
 class _PrefetchingLoader(DataLoader):
-    """For splits on disk: the next batch is read while the current one trains (memory gathers need no help)."""
+    """For splits on disk read by a GPU trainer: the next batch is read and pinned while the current one trains
+    (memory gathers need no help)."""
 
     def __init__(self, *args, pin: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -211,8 +212,10 @@ class DecodedImageDataModule(pl.LightningDataModule):
         sampler = ResumableSampler(len(data), self.seed, shuffle=train, num_replicas=world, rank=rank, pad=train)
         batch_size = per_rank_batch_size(self.batch_size, world) if train else self.eval_batch_size
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        on_disk = data.storage == "disk"
-        return (_PrefetchingLoader if on_disk else DataLoader)(
+        # A reading thread only for a store read by a GPU trainer: on the CPU the step already keeps every core busy and
+        # the thread's gathers compete with it (study 1 from a disk store: epochs 1.26x slower with it, 1.0x without).
+        prefetch = data.storage == "disk" and device.type == "cuda"
+        return (_PrefetchingLoader if prefetch else DataLoader)(
             _TensorBatches(data),
             batch_size=batch_size,
             sampler=sampler,
@@ -222,7 +225,7 @@ class DecodedImageDataModule(pl.LightningDataModule):
             collate_fn=_batch,
             num_workers=0,
             generator=torch.Generator(),  # loading never draws from the global RNG (exact resume, see sampler.py)
-            **({"pin": device.type == "cuda"} if on_disk else {}),
+            **({"pin": True} if prefetch else {}),
         )
 
     def train_dataloader(self) -> DataLoader:

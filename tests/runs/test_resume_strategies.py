@@ -16,8 +16,8 @@ STRATEGIES = {
     "norm": ["finetune=norm"],
     "lora": ["finetune=lora"],
     "llrd": ["finetune=llrd"],
-    "vpt_deep": ["finetune=vpt", "finetune.vpt.deep=true"],
-    "head_grid": ["finetune=last", "finetune.head_grid=true"],
+    "vpt_deep": ["finetune=vpt_deep"],
+    "head_grid": ["finetune=last_grid"],
 }
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gnr650.summary import collect_jobs, write_summary
 from gnr650.summary.figures import params_accuracy_figure
@@ -58,3 +59,14 @@ def test_train_records_speed_and_memory(tmp_path):
     seen = 2 * results["data"]["sizes"]["train"]  # two epochs over the train split
     assert results["throughput"] == pytest.approx(seen / results["timing"]["fit_s"], rel=0.01)
     assert results["peak_memory"] > 100  # MB: the process holds torch at least
+
+
+def test_peak_memory_is_the_jobs_own_in_a_shared_process(tmp_path):
+    """Jobs of a sweep run in one process: an earlier, larger peak must not be reported for a later job."""
+    from gnr650.train import train
+
+    overrides = ["debug=smoke", "model=resnet18", "trainer.max_epochs=1", "logger=none", "callbacks=none"]
+    small = train(make_cfg(overrides, tmp_path / "a"))["peak_memory"]
+    big = torch.ones(2**29)  # 2 GiB, touched: this process's peak is now at least that much higher
+    del big
+    assert train(make_cfg(overrides, tmp_path / "b"))["peak_memory"] < small + 1024  # MB
