@@ -366,14 +366,8 @@ def report(args, cfg: DictConfig, n_train: int, stats: dict[str, dict]) -> tuple
         f"feature cache: {a['notes'].get('feature_cache')}; test acc framework "
         f"{a['notes']['test_acc']:.4f}, plain {b['notes']['test_acc']:.4f}"
     ]
-    command = "gnr650-bench " + " ".join(_without_out(args.argv))
     md = [
-        f"## `{command}`",
-        "",
-        f"- when: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {machine()}",
-        f"- setting: {head}",
-        "",
+        *_section_head(args, head),
         "| loop (median / best) | images/s | epoch s | whole run s | peak memory | epochs s (all runs) | whole "
         "runs s |",
         "|---|---:|---:|---:|---|---|---|",
@@ -385,6 +379,18 @@ def report(args, cfg: DictConfig, n_train: int, stats: dict[str, dict]) -> tuple
     md += [""] + [f"**{r}**" if i == 0 else r for i, r in enumerate(ratios)]
     md += ["", f"Feature cache: {a['notes'].get('feature_cache')}.", ""]
     return "\n".join(lines), "\n".join(md)
+
+
+def _section_head(args: argparse.Namespace, setting: str) -> list[str]:
+    """A markdown section's title (the command, without where it is recorded), when, where and what."""
+    return [
+        f"## `gnr650-bench {' '.join(_without_out(args.argv))}`",
+        "",
+        f"- when: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine()}",
+        f"- setting: {setting}",
+        "",
+    ]
 
 
 def _without_out(argv: list[str]) -> list[str]:
@@ -443,14 +449,8 @@ def run_strategies(args: argparse.Namespace) -> tuple[str, str]:
         )
     titles = ["strategy", "trainable", "images/s (median / best)", f"vs {names[0]}", "cached before", "peak memory"]
     text = "\n".join([head, *("  ".join(f"{c:>14}" for c in row) for row in [titles, *rows])])
-    command = "gnr650-bench " + " ".join(_without_out(args.argv))
     md = [
-        f"## `{command}`",
-        "",
-        f"- when: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {machine()}",
-        f"- setting: {head}",
-        "",
+        *_section_head(args, head),
         "| " + " | ".join(titles) + " |",
         "|---|---:|---:|---:|---|---|",
         *("| " + " | ".join(row) + " |" for row in rows),
