@@ -35,8 +35,8 @@ class KNNClassifier(nn.Module):
         if len(features) < self.k:
             raise StrategyError(f"finetune.knn.k={self.k} is larger than the {len(features)} train features.")
         with torch.inference_mode(False):  # filled during testing; later gradients (Grad-CAM) may flow through it
-            self.bank = F.normalize(features.float(), dim=1).clone()
-            self.labels = labels.to(features.device).clone()
+            self.bank = F.normalize(features.float(), dim=1)  # a new, normal tensor outside inference mode
+            self.labels = labels.to(features.device).clone()  # .to() may return the inference tensor itself
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
