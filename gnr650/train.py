@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from gnr650.data import DecodedImageDataModule
 from gnr650.data.images import oversized_warning
-from gnr650.finetune import StrategyError, count_params, feature_cache, prepare_strategy
+from gnr650.finetune import StrategyError, count_params, feature_cache, prepare_from_config
 from gnr650.finetune.knn import KNNBank, KNNClassifier
 from gnr650.interpret.callbacks import weights_epoch
 from gnr650.interpret.predictions import save_test_predictions
@@ -76,15 +76,7 @@ def build(cfg: DictConfig) -> tuple[DecodedImageDataModule, BuiltModel, Classifi
     if oversized:
         log.warning(oversized)
     ft = OmegaConf.to_container(cfg.finetune, resolve=True)
-    strategy = prepare_strategy(
-        built,
-        ft["train_blocks"],
-        ft.get("train_head", True),
-        ft.get("train_params"),
-        lora=ft.get("lora"),
-        vpt=ft.get("vpt"),
-        layer_decay=ft.get("layer_decay"),
-    )
+    strategy = prepare_from_config(built, ft)
     mean, std = (built.mean, built.std) if built.mean is not None else dm.channel_stats()
     channels_last = use_channels_last(
         cfg.get("channels_last", "auto"), cfg.trainer.get("accelerator", "auto"), built.net

@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from gnr650.finetune.strategies import StrategyError
@@ -47,6 +45,10 @@ def add_lora(built: BuiltModel, r: int, alpha: float, dropout: float, targets: S
             f"{'is not a linear layer' if unknown else 'names no layer'} of {built.name}'s blocks; "
             f"valid targets: {', '.join(valid)}."
         )
+    # Imported here: peft imports transformers (~1 s and ~25 MB at start-up), which only LoRA runs need.
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
     blocks = "|".join(re.escape(b) for b in built.blocks)
     pattern = rf"({blocks})\.({'|'.join(re.escape(t) for t in targets)})"
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, bias="none")
@@ -56,8 +58,15 @@ def add_lora(built: BuiltModel, r: int, alpha: float, dropout: float, targets: S
     ]
 
 
+def has_lora(net: nn.Module) -> bool:
+    """Whether ``net`` holds adapters (by their parameter names: no need to import peft to know)."""
+    return any(".lora_A." in name for name, _ in net.named_parameters())
+
+
 def merge_lora(net: nn.Module) -> nn.Module:
     """Fold every adapter into its base layer and put the plain layer back in its place (in place)."""
+    from peft.tuners.lora import LoraLayer
+
     for name, module in list(net.named_modules()):
         if isinstance(module, LoraLayer):
             module.merge()

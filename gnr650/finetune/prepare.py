@@ -48,3 +48,17 @@ def prepare_strategy(
         new += add_prompts(built, **vpt)
     scales = layer_decay_scales(built, layer_decay) if layer_decay is not None else None
     return Strategy(new + trainable, scales, new)
+
+
+def prepare_from_config(built: BuiltModel, finetune: Mapping[str, Any]) -> Strategy:
+    """``prepare_strategy`` with a resolved ``finetune`` config group; also how a trained run's network gets its
+    adapters and prompts back before its checkpoint is loaded."""
+    return prepare_strategy(
+        built,
+        finetune["train_blocks"],
+        finetune.get("train_head", True),
+        finetune.get("train_params"),
+        lora=finetune.get("lora"),
+        vpt=finetune.get("vpt"),
+        layer_decay=finetune.get("layer_decay"),
+    )

@@ -4,6 +4,7 @@ normalisation, input size)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import timm
@@ -12,6 +13,8 @@ from timm.models._hub import save_config_for_hf, save_for_hf
 from torch import nn
 
 from gnr650.files import atomic_write
+from gnr650.finetune.lora import has_lora, merge_lora
+from gnr650.finetune.vpt import PromptedBlocks
 from gnr650.inference.trained_run import TrainedRun
 
 ONNX_OPSET = 18
@@ -25,10 +28,15 @@ class ExportError(RuntimeError):
 
 
 def timm_network(run: TrainedRun) -> nn.Module:
-    """The run's network as a timm model: itself when built by timm, else its timm equivalent loaded strictly
-    with its weights and checked to give the same logits."""
+    """The run's network as a timm model: itself when built by timm (LoRA adapters merged into their layers),
+    else its timm equivalent loaded strictly with its weights and checked to give the same logits."""
+    if any(isinstance(m, PromptedBlocks) for m in run.net.modules()):
+        raise ExportError(
+            "The run's network holds VPT prompt tokens, which timm's VisionTransformer has no place for; "
+            "use --format onnx."
+        )
     if getattr(run.net, "pretrained_cfg", None) is not None:
-        return run.net
+        return merge_lora(copy.deepcopy(run.net)) if has_lora(run.net) else run.net
     target = run.config.model.get("_target_")
     arch = TIMM_EQUIVALENTS.get(target)
     if arch is None:
@@ -77,7 +85,10 @@ def export_onnx(run: TrainedRun, out: Path, opset: int = ONNX_OPSET) -> tuple[Pa
     path = out / "model.onnx"
     diff = onnx_export(run.net, torch.randn(2, 3, height, width), path, opset)
     out.mkdir(parents=True, exist_ok=True)
-    save_config_for_hf(timm_network(run), out / "config.json", **_config_args(run))
+    # config.json describes the classes, normalisation and input size; a timm-built network (prompts and all)
+    # describes itself.
+    described = run.net if getattr(run.net, "pretrained_cfg", None) is not None else timm_network(run)
+    save_config_for_hf(described, out / "config.json", **_config_args(run))
     return path, diff
 
 

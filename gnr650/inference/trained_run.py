@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from gnr650.finetune import prepare_from_config
 from gnr650.models import BuiltModel, load_weights
 from gnr650.training import DevicePreprocess
 
@@ -94,8 +95,9 @@ def recorded_checkpoint(run_dir: Path, results: dict[str, Any]) -> Path:
 
 
 def load_run(run_dir: str | Path) -> TrainedRun:
-    """Build the run's network from its config (``model._target_``, no pretrained weights fetched), load the best
-    checkpoint strictly (another architecture is an error naming the keys) and its preprocessing."""
+    """Build the run's network from its config (``model._target_``, no pretrained weights fetched; the strategy's
+    adapters or prompts added), load the best checkpoint strictly (another architecture is an error naming the
+    keys) and its preprocessing."""
     run_dir = Path(run_dir)
     results = read_results(run_dir)
     checkpoint = recorded_checkpoint(run_dir, results)
@@ -110,6 +112,7 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     built: BuiltModel = instantiate(
         config.model, num_classes=len(class_names), pretrained=False, weights=None, weights_dir=None
     )
+    prepare_from_config(built, OmegaConf.to_container(config.finetune, resolve=True))  # LoRA adapters, VPT prompts
     load_weights(built.net, checkpoint, head=[])
     built.net.eval()
     height, width = spec["input_size"]

@@ -10,9 +10,9 @@ from gnr650.train import train
 from tests.helpers import make_cfg
 
 
-def _train(root: Path, model: str) -> Path:
+def _train(root: Path, model: str, *overrides: str) -> Path:
     out = root / model
-    train(make_cfg(["debug=smoke", f"model={model}", "trainer.max_epochs=1"], out))
+    train(make_cfg(["debug=smoke", f"model={model}", "trainer.max_epochs=1", *overrides], out))
     return out
 
 
@@ -24,3 +24,9 @@ def resnet_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vit_run(tmp_path_factory) -> Path:
     return _train(tmp_path_factory.mktemp("runs"), "vit_ti16")
+
+
+@pytest.fixture(scope="session", params=["lora", "vpt"])
+def adapted_run(request, tmp_path_factory) -> Path:
+    """A ViT run whose strategy adds to the network (LoRA adapters, VPT prompts): its checkpoint holds them."""
+    return _train(tmp_path_factory.mktemp(request.param), "vit_ti16", f"finetune={request.param}", "callbacks=none")

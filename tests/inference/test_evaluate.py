@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from gnr650.data import ImageFolderDataModule
 from gnr650.inference import load_run
@@ -32,6 +34,15 @@ def test_eval_py_on_the_runs_own_data_reproduces_results_json(vit_run, tmp_path)
     assert evaluated["metrics"] == trained["metrics"]  # exact, losses included
     assert evaluated["per_class"] == trained["per_class"]
     assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
+
+
+def test_adapters_and_prompts_are_rebuilt_before_the_checkpoint_loads(adapted_run):
+    """A LoRA or VPT checkpoint holds parameters the plain network lacks; the run evaluates to its results.json."""
+    run = load_run(adapted_run)
+    assert any(".lora_A." in n or n.endswith("prompts") for n, _ in run.net.named_parameters())
+    results = evaluate(run, instantiate(run_dataset(run, OmegaConf.create({}))), "cpu")
+    trained = json.loads((adapted_run / "results.json").read_text())
+    assert results["metrics"] == pytest.approx(trained["metrics"], abs=1e-6)
 
 
 def test_other_data_with_the_runs_classes(resnet_run, tmp_path):

@@ -49,6 +49,26 @@ def test_safetensors_reload_through_timm_gives_the_runs_logits(fixture, request,
         assert (_logits(model, x) - expected).abs().max() <= 1e-6
 
 
+def test_lora_run_exports_merged_for_timm_and_vpt_run_only_to_onnx(adapted_run, tmp_path):
+    run = load_run(adapted_run)
+    x = torch.randn(3, 3, *run.results["preprocess"]["input_size"])
+    if run.config.finetune.name == "vpt":
+        with pytest.raises(SystemExit, match="VPT prompt tokens.*--format onnx"):
+            export_main([str(adapted_run), "--format", "safetensors", "--out", str(tmp_path)])
+        assert not (tmp_path / "model.safetensors").exists()
+        onnxruntime = pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+        assert export_main([str(adapted_run), "--format", "onnx", "--out", str(tmp_path)]) == 0
+        session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+        [logits] = session.run(None, {"images": x.numpy()})
+        assert np.abs(logits - _logits(run.net, x).numpy()).max() <= ONNX_TOLERANCE
+        return
+    assert export_main([str(adapted_run), "--format", "safetensors", "--out", str(tmp_path)]) == 0
+    reloaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True)
+    assert all(type(block.attn.qkv) is nn.Linear for block in reloaded.blocks)  # adapters merged into the layer
+    assert (_logits(reloaded, x) - _logits(run.net, x)).abs().max() <= 1e-5
+
+
 def test_cifar_stem_resnet_has_no_timm_equivalent(resnet_run):
     run = load_run(resnet_run)
     run.net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)  # what model.stem=cifar builds
