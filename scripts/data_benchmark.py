@@ -176,10 +176,10 @@ def over_budget(work: Path, budget_gb: float, epochs: int) -> str:
         f"batch 64, 20 training batches per epoch, {epochs} epochs (the first left out), each storage in a fresh "
         f"process (the first builds the stores, so the page cache is warm for both). `storage=auto` (the "
         f"training split on disk): peak RssAnon "
-        f"{auto['peak'] / 1e9:.2f} GB ({auto['base'] / 1e9:.2f} GB after imports), "
+        f"{auto['peak'] / 1e9:.3f} GB ({auto['base'] / 1e9:.2f} GB after imports), "
         f"{max(auto['img_s']):.0f} images/s best epoch; `storage=memory`: peak RssAnon {memory['peak'] / 1e9:.2f} GB, "
         f"{max(memory['img_s']):.0f} images/s. Bound budget + model/optimizer state ({state / 1e9:.2f} GB) + "
-        f"0.5 GB = {bound / 1e9:.2f} GB: **{'met' if auto['peak'] <= bound else 'NOT met'}**; speed disk/memory "
+        f"0.5 GB = {bound / 1e9:.3f} GB: **{'met' if auto['peak'] <= bound else 'NOT met'}**; speed disk/memory "
         f"**{speed:.2f}x** (target >= 0.9x).\n"
     )
 

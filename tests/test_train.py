@@ -1,13 +1,15 @@
 """End-to-end runs of train(cfg) on synthetic data: results.json, learning, freezing, reproducibility."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
 from gnr650.train import build, train
-from tests.helpers import make_cfg
+from tests.helpers import ROOT, make_cfg
 
 SMOKE = ["debug=smoke", "logger=csv", "callbacks=default"]
 
@@ -97,3 +99,21 @@ def test_same_seed_same_metrics(tmp_path):
         make_cfg(SMOKE + ["model=resnet18", "finetune=top4", "dataset.augment=true", "seed=1"], tmp_path / "other")
     )
     assert other["metrics"] != runs[0]["metrics"]
+
+
+def test_a_resnet_run_does_not_import_timm_or_peft(tmp_path):
+    """Each costs start-up time and resident memory that the disk-store memory bound counts; only the runs that use
+    them import them. (transformers is not checked: torchmetrics imports it whenever it is installed.)"""
+    code = (
+        "import sys\n"
+        "from gnr650.runs import prepare_process\n"
+        "prepare_process()\n"
+        "from pathlib import Path\n"
+        "from gnr650.train import train\n"
+        "from tests.helpers import make_cfg\n"
+        f"train(make_cfg(['debug=smoke', 'model=resnet18', 'callbacks=none'], Path({str(tmp_path)!r})))\n"
+        "print(sorted(m for m in ('timm', 'peft') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

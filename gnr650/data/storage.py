@@ -6,6 +6,7 @@ store is one file that the page cache holds once for all of them.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 
@@ -40,6 +41,18 @@ def memory_available() -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap memory the process has freed back to the OS (glibc's ``malloc_trim``); True if any was.
+
+    glibc keeps freed batch and activation buffers for reuse, and once its mmap threshold has grown they come from
+    the heap, which only shrinks from its top: on the disk-store path that was ~0.1 GB of the run's anonymous
+    memory by the end of its first epoch (docs/benchmarks.md). Elsewhere (macOS, musl) nothing is done."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (AttributeError, OSError):
+        return False
 
 
 def processes_per_node(devices) -> int:

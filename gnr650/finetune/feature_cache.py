@@ -93,13 +93,14 @@ def _timm_stages(net: nn.Module) -> list[Stage]:
 
 
 def _stages(net: nn.Module) -> list[Stage]:
-    from timm.models.vision_transformer import VisionTransformer
     from torchvision.models import ResNet
+
+    if isinstance(net, ResNet):
+        return _resnet_stages(net)
+    from timm.models.vision_transformer import VisionTransformer  # after the ResNet test: ResNet runs need no timm
 
     if isinstance(net, VisionTransformer):
         return _vit_stages(net)
-    if isinstance(net, ResNet):
-        return _resnet_stages(net)
     if hasattr(net, "forward_head") and hasattr(net, "get_classifier"):
         return _timm_stages(net)
     raise FeatureCacheError(

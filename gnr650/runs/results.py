@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 
 def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
     import hydra
     import pytorch_lightning as pl
-    import timm
     import torch
     import torchmetrics
     import torchvision
@@ -26,7 +27,7 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
+        "timm": version("timm"),  # not imported: a ResNet-18 run does not load it
         "pytorch_lightning": pl.__version__,
         "torchmetrics": torchmetrics.__version__,
         "hydra": hydra.__version__,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import platform
 import signal
 import subprocess
 import sys
@@ -17,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gnr650.data import ImageFolderDataModule
+from gnr650.data import ImageFolderDataModule, datamodule
 from gnr650.data import decoded_store as store_lib
 from gnr650.data.datamodule import _prefetched
 from gnr650.data.decoded_store import StoreError, decoded_split
 from gnr650.data.images import decode_images, oversized_warning
-from gnr650.data.storage import SplitStorage, StorageError, processes_per_node
+from gnr650.data.storage import SplitStorage, StorageError, processes_per_node, release_freed_memory
 from gnr650.train import train
 from tests.helpers import ROOT, finish, make_cfg, real_data_dir, tiny_overrides, train_py, write_image
 
@@ -226,6 +227,33 @@ def test_prefetching_keeps_order_and_raises_the_source_error():
         for batch in _prefetched(source(), pin=False):
             got.append(int(batch[1]))
     assert got == [0, 1, 2, 3, 4]
+
+
+def _rss_anon() -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("RssAnon:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_release_freed_memory_hands_freed_heap_back_to_the_os():
+    chunks = [bytearray(64 * 1024) for _ in range(2048)]  # 128 MiB below the mmap threshold: heap memory
+    pin = bytearray(64 * 1024)  # allocated after them: the heap cannot shrink from its top
+    del chunks
+    before = _rss_anon()
+    assert release_freed_memory()
+    assert before - _rss_anon() > 100 * 2**20
+    del pin
+
+
+def test_disk_splits_release_freed_memory_before_each_pass(folder, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(datamodule, "release_freed_memory", lambda: calls.append(1))
+    for storage, expected in (("memory", 0), ("disk", 2)):
+        calls.clear()
+        loader = _module(folder, tmp_path, storage=storage).train_dataloader()
+        for _ in range(2):
+            assert sum(len(labels) for _, labels in loader) == len(loader.dataset)
+        assert len(calls) == expected, storage
 
 
 @pytest.mark.slow
