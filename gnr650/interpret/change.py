@@ -320,8 +320,10 @@ class ChangeAnalysis(ArtifactExport):
                 attn, _ = attn_lib.extract_attention(net, part)
                 orders["rollout"] = faith.ranking(attn_lib.attention_rollout(attn, int(net.num_prefix_tokens), grid))
             orders["random"] = random_order
-            for method, order in orders.items():
-                for kind, c in faith.perturbation_curves(predict, part, order, grid, self.faithfulness_steps).items():
+            for method, by_kind in faith.perturbation_curves(
+                predict, part, orders, grid, self.faithfulness_steps
+            ).items():
+                for kind, c in by_kind.items():
                     curves.setdefault(method, {}).setdefault(kind, []).append(c)
         joined = {m: {k: torch.cat(v) for k, v in by.items()} for m, by in curves.items()}
         result["faithfulness"] = {

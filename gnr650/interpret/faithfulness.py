@@ -45,27 +45,40 @@ def _cell_mask(order: torch.Tensor, count: int, grid: tuple[int, int], size: tup
 def perturbation_curves(
     predict: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
-    order: torch.Tensor,
+    orders: dict[str, torch.Tensor],
     grid: tuple[int, int],
     steps: int,
     max_batch: int = 256,
-) -> dict[str, torch.Tensor]:
+) -> dict[str, dict[str, torch.Tensor]]:
     """Deletion and insertion curves [B, steps + 1] of ``predict`` (input -> class probabilities [B, K]) for
-    inputs ``x`` [B, C, H, W] and cell orders ``order`` [B, gh*gw]; the target is each image's predicted class.
-    All perturbed images go through ``predict`` in batches of up to ``max_batch`` (few large calls, not one
-    small call per step)."""
+    inputs ``x`` [B, C, H, W] and each method's cell orders ``orders[method]`` [B, gh*gw]; the target is each
+    image's predicted class. Every order shares the curves' ends (deletion starts and insertion ends at ``x``;
+    deletion ends and insertion starts at the baseline), so those two go through ``predict`` once; the rest in
+    batches of up to ``max_batch`` (few large calls, not one small call per step)."""
     cells = grid[0] * grid[1]
     steps = max(1, min(steps, cells))
+    inner = range(1, steps)  # the steps between the two shared ends
     with torch.no_grad():
-        target = predict(x).argmax(1).cpu()
-        masks = torch.stack(
-            [_cell_mask(order, round(k * cells / steps), grid, tuple(x.shape[-2:])) for k in range(steps + 1)]
-        ).to(x.device, x.dtype)  # [S, B, 1, H, W]; the baseline is 0, so deleting is x * (1 - mask)
-        perturbed = torch.cat([x * (1 - masks), x * masks]).flatten(0, 1)  # deletion steps, then insertion steps
-        probs = torch.cat([predict(chunk).float().cpu() for chunk in perturbed.split(max_batch)])
-    picked = probs.view(2, steps + 1, len(x), -1).gather(3, target.view(1, 1, -1, 1).expand(2, steps + 1, -1, 1))
-    curves = picked[..., 0].permute(0, 2, 1).double()  # [2, B, S]
-    return {"deletion": curves[0], "insertion": curves[1]}
+        clean = predict(x).float().cpu()
+        target = clean.argmax(1, keepdim=True)
+        ends = torch.cat([clean.gather(1, target), predict(torch.zeros_like(x)).float().cpu().gather(1, target)], 1)
+        perturbed = []
+        for order in orders.values():
+            masks = [_cell_mask(order, round(k * cells / steps), grid, tuple(x.shape[-2:])) for k in inner]
+            masks = torch.stack(masks).to(x.device, x.dtype) if masks else x.new_zeros(0, *x.shape[:1], 1, 1, 1)
+            perturbed.append(torch.cat([x * (1 - masks), x * masks]).flatten(0, 1))  # baseline 0: x * (1 - mask)
+        chunks = torch.cat(perturbed).split(max_batch)
+        probs = torch.cat([predict(chunk).float().cpu() for chunk in chunks]) if chunks else clean[:0]
+    picked = probs.gather(1, target.repeat(len(probs) // len(x), 1))[:, 0]
+    per_method = picked.view(len(orders), 2, len(inner), len(x)).permute(0, 1, 3, 2).double()  # [M, 2, B, S - 1]
+    at_x, at_baseline = ends[:, :1].double(), ends[:, 1:].double()
+    return {
+        method: {
+            "deletion": torch.cat([at_x, per_method[m, 0], at_baseline], 1),
+            "insertion": torch.cat([at_baseline, per_method[m, 1], at_x], 1),
+        }
+        for m, method in enumerate(orders)
+    }
 
 
 def auc(curves: torch.Tensor) -> torch.Tensor:

@@ -97,10 +97,19 @@ def test_deletion_with_the_true_map_is_lower_than_random_and_insertion_higher():
 
     pointing = torch.zeros(8, 2, 2)
     pointing[:, 1, 1] = 1.0  # the map points at the one patch the model uses
-    true_curves = faith.perturbation_curves(predict, x, faith.ranking(pointing), (2, 2), steps=4)
-    random_curves = faith.perturbation_curves(predict, x, faith.random_ranking(8, 4, seed=0), (2, 2), steps=4)
+    orders = {"true": faith.ranking(pointing), "random": faith.random_ranking(8, 4, seed=0)}
+    curves = faith.perturbation_curves(predict, x, orders, (2, 2), steps=4)
+    true_curves, random_curves = curves["true"], curves["random"]
+    for method, order in orders.items():  # the same curves as with each order alone
+        alone = faith.perturbation_curves(predict, x, {method: order}, (2, 2), steps=4)[method]
+        for kind in ("deletion", "insertion"):
+            torch.testing.assert_close(alone[kind], curves[method][kind])
     p = torch.sigmoid(torch.tensor(4.0, dtype=torch.float64))
     torch.testing.assert_close(true_curves["deletion"][0], torch.tensor([p, 0.5, 0.5, 0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(true_curves["insertion"][0], torch.tensor([0.5, p, p, p, p], dtype=torch.float64))
+    one_step = faith.perturbation_curves(predict, x, orders, (2, 2), steps=1)["true"]  # only the shared ends
+    torch.testing.assert_close(one_step["deletion"][0], torch.tensor([p, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(one_step["insertion"][0], torch.tensor([0.5, p], dtype=torch.float64))
     true_auc, random_auc = faith.auc(true_curves["deletion"]).mean(), faith.auc(random_curves["deletion"]).mean()
     assert true_auc == pytest.approx((p + 0.5) / 8 + 3 * 0.5 / 4)
     assert true_auc < random_auc
