@@ -49,13 +49,18 @@ sweep() {  # the four strategies, 10 epochs each; prints each job's fit time and
   "$PYTHON" - "$SWEEP_DIR" <<'EOF'
 import json, sys
 from pathlib import Path
-runs = [json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("*/results.json"))]
+jobs = sorted(Path(sys.argv[1]).glob("*/results.json"))
+runs = [json.loads(p.read_text()) for p in jobs]
 total = 0.0
-for r in runs:
+for path, r in zip(jobs, runs):
     fit, n = (r.get("timing") or {}).get("fit_s") or 0.0, r["data"]["sizes"]["train"]
     total += fit
+    analysis = path.parent / "artifacts" / "analysis.json"  # its own seconds against the job's (target <= 10%)
+    cost = sum(json.loads(analysis.read_text())["seconds"].values()) if analysis.is_file() else float("nan")
+    job = (r.get("timing") or {}).get("total_s") or float("nan")
     print(f"[sweep] {r['finetune']:>6}: {r['status']}, fit {fit:.1f} s on {n} train images, "
-          f"test acc {r.get('metrics', {}).get('test/acc', float('nan')):.4f}, cache {r.get('feature_cache')}")
+          f"test acc {r.get('metrics', {}).get('test/acc', float('nan')):.4f}, cache {r.get('feature_cache')}, "
+          f"analysis {cost:.1f} s of the job's {job:.1f} s ({100 * cost / job:.1f}%)")
 if runs:
     n = runs[0]["data"]["sizes"]["train"]
     print(f"[sweep] total fit {total:.1f} s on {n} train images; scaled to 16,200: {total * 16200 / n:.1f} s (target <= 60 s)")
