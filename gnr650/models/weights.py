@@ -37,12 +37,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as e:
         raise WeightsError(f"Cannot read weights file '{path}': {e}. Is it a safetensors or PyTorch state dict?") from e
+    lightning = isinstance(sd, dict) and "pytorch-lightning_version" in sd
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
             break
     if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
         raise WeightsError(f"'{path}' is not a state dict (a mapping of parameter names to tensors).")
+    if lightning and any(k.startswith("net.") for k in sd):
+        # A gnr650 checkpoint: the network is the module's ``net``; the rest is the module's own state (e.g. the
+        # head grid's candidate heads, whose chosen one is already in the network's head).
+        sd = {k: v for k, v in sd.items() if k.startswith("net.")}
     for prefix in ("net.", "module.", "model."):
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :]: v for k, v in sd.items()}

@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 from gnr650.data import ImageFolderDataModule
 from gnr650.inference import load_run
 from gnr650.inference.evaluate import ClassMismatchError, evaluate, run_dataset
-from tests.helpers import CONFIG_DIR, ROOT, write_image
+from gnr650.train import train
+from tests.helpers import CONFIG_DIR, ROOT, make_cfg, write_image
 
 
 def test_eval_py_on_the_runs_own_data_reproduces_results_json(vit_run, tmp_path):
@@ -42,6 +43,15 @@ def test_adapters_and_prompts_are_rebuilt_before_the_checkpoint_loads(adapted_ru
     assert any(".lora_A." in n or n.endswith("prompts") for n, _ in run.net.named_parameters())
     results = evaluate(run, instantiate(run_dataset(run, OmegaConf.create({}))), "cpu")
     trained = json.loads((adapted_run / "results.json").read_text())
+    assert results["metrics"] == pytest.approx(trained["metrics"], abs=1e-6)
+
+
+def test_a_head_grid_run_loads_with_its_chosen_head(tmp_path):
+    """The checkpoint also holds the grid's candidate heads; the network is its ``net`` (chosen head inside)."""
+    train(make_cfg(["debug=smoke", "model=vit_ti16", "trainer.max_epochs=1", "finetune=last_grid"], tmp_path))
+    run = load_run(tmp_path)
+    results = evaluate(run, instantiate(run_dataset(run, OmegaConf.create({}))), "cpu")
+    trained = json.loads((tmp_path / "results.json").read_text())
     assert results["metrics"] == pytest.approx(trained["metrics"], abs=1e-6)
 
 
