@@ -236,13 +236,12 @@ def _rss_anon() -> int:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_release_freed_memory_hands_freed_heap_back_to_the_os():
-    chunks = [bytearray(64 * 1024) for _ in range(2048)]  # 128 MiB below the mmap threshold: heap memory
-    pin = bytearray(64 * 1024)  # allocated after them: the heap cannot shrink from its top
-    del chunks
+    chunks = [bytearray(64 * 1024) for _ in range(4096)]  # 256 MiB below the mmap threshold: heap memory
+    del chunks[::2]  # 128 MiB of holes between live chunks: free() cannot return them, only malloc_trim can
     before = _rss_anon()
     assert release_freed_memory()
     assert before - _rss_anon() > 100 * 2**20
-    del pin
+    del chunks
 
 
 def test_disk_splits_release_freed_memory_before_each_pass(folder, tmp_path, monkeypatch):
