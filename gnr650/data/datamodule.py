@@ -215,10 +215,8 @@ class DecodedImageDataModule(pl.LightningDataModule):
         sampler = ResumableSampler(len(data), self.seed, shuffle=train, num_replicas=world, rank=rank, pad=train)
         batch_size = per_rank_batch_size(self.batch_size, world) if train else self.eval_batch_size
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        # A reading thread only for a store read by a GPU trainer: on the CPU the step already keeps every core busy and
-        # the thread's gathers compete with it (study 1 from a disk store: epochs 1.26x slower with it, 1.0x without).
-        prefetch = data.storage == "disk" and device.type == "cuda"
-        return (_DiskLoader if data.storage == "disk" else DataLoader)(
+        on_disk = data.storage == "disk"
+        return (_DiskLoader if on_disk else DataLoader)(
             _TensorBatches(data),
             batch_size=batch_size,
             sampler=sampler,
@@ -228,7 +226,9 @@ class DecodedImageDataModule(pl.LightningDataModule):
             collate_fn=_batch,
             num_workers=0,
             generator=torch.Generator(),  # loading never draws from the global RNG (exact resume, see sampler.py)
-            **({"prefetch": prefetch} if data.storage == "disk" else {}),
+            # A reading thread only for a GPU trainer: on the CPU the step already keeps every core busy and the
+            # thread's gathers compete with it (study 1 from a disk store: epochs 1.26x slower with it, 1.0x without).
+            **({"prefetch": device.type == "cuda"} if on_disk else {}),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -62,13 +62,14 @@ def perturbation_curves(
         clean = predict(x).float().cpu()
         target = clean.argmax(1, keepdim=True)
         ends = torch.cat([clean.gather(1, target), predict(torch.zeros_like(x)).float().cpu().gather(1, target)], 1)
-        perturbed = []
-        for order in orders.values():
-            masks = [_cell_mask(order, round(k * cells / steps), grid, tuple(x.shape[-2:])) for k in inner]
-            masks = torch.stack(masks).to(x.device, x.dtype) if masks else x.new_zeros(0, *x.shape[:1], 1, 1, 1)
-            perturbed.append(torch.cat([x * (1 - masks), x * masks]).flatten(0, 1))  # baseline 0: x * (1 - mask)
-        chunks = torch.cat(perturbed).split(max_batch)
-        probs = torch.cat([predict(chunk).float().cpu() for chunk in chunks]) if chunks else clean[:0]
+        probs = clean[:0]
+        if len(inner):
+            perturbed = []
+            for order in orders.values():
+                masks = [_cell_mask(order, round(k * cells / steps), grid, tuple(x.shape[-2:])) for k in inner]
+                masks = torch.stack(masks).to(x.device, x.dtype)  # [S - 1, B, 1, H, W]
+                perturbed.append(torch.cat([x * (1 - masks), x * masks]).flatten(0, 1))  # baseline 0: x * (1 - mask)
+            probs = torch.cat([predict(chunk).float().cpu() for chunk in torch.cat(perturbed).split(max_batch)])
     picked = probs.gather(1, target.repeat(len(probs) // len(x), 1))[:, 0]
     per_method = picked.view(len(orders), 2, len(inner), len(x)).permute(0, 1, 3, 2).double()  # [M, 2, B, S - 1]
     at_x, at_baseline = ends[:, :1].double(), ends[:, 1:].double()
