@@ -27,6 +27,10 @@ class ExportError(RuntimeError):
     """The network cannot be exported in the asked format; the message says why and what to do instead."""
 
 
+def _built_by_timm(net: nn.Module) -> bool:
+    return getattr(net, "pretrained_cfg", None) is not None
+
+
 def timm_network(run: TrainedRun) -> nn.Module:
     """The run's network as a timm model: itself when built by timm (LoRA adapters merged into their layers),
     else its timm equivalent loaded strictly with its weights and checked to give the same logits."""
@@ -35,7 +39,7 @@ def timm_network(run: TrainedRun) -> nn.Module:
             "The run's network holds VPT prompt tokens, which timm's VisionTransformer has no place for; "
             "use --format onnx."
         )
-    if getattr(run.net, "pretrained_cfg", None) is not None:
+    if _built_by_timm(run.net):
         return merge_lora(copy.deepcopy(run.net)) if has_lora(run.net) else run.net
     target = run.config.model.get("_target_")
     arch = TIMM_EQUIVALENTS.get(target)
@@ -87,7 +91,7 @@ def export_onnx(run: TrainedRun, out: Path, opset: int = ONNX_OPSET) -> tuple[Pa
     out.mkdir(parents=True, exist_ok=True)
     # config.json describes the classes, normalisation and input size; a timm-built network (prompts and all)
     # describes itself.
-    described = run.net if getattr(run.net, "pretrained_cfg", None) is not None else timm_network(run)
+    described = run.net if _built_by_timm(run.net) else timm_network(run)
     save_config_for_hf(described, out / "config.json", **_config_args(run))
     return path, diff
 

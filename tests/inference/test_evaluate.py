@@ -37,22 +37,24 @@ def test_eval_py_on_the_runs_own_data_reproduces_results_json(vit_run, tmp_path)
     assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
 
 
+def _assert_evaluates_to_its_results(run) -> None:
+    """The loaded run, evaluated in process on its own data, gives the metrics its results.json recorded."""
+    results = evaluate(run, instantiate(run_dataset(run, OmegaConf.create({}))), "cpu")
+    trained = json.loads((run.run_dir / "results.json").read_text())
+    assert results["metrics"] == pytest.approx(trained["metrics"], abs=1e-6)
+
+
 def test_adapters_and_prompts_are_rebuilt_before_the_checkpoint_loads(adapted_run):
     """A LoRA or VPT checkpoint holds parameters the plain network lacks; the run evaluates to its results.json."""
     run = load_run(adapted_run)
     assert any(".lora_A." in n or n.endswith("prompts") for n, _ in run.net.named_parameters())
-    results = evaluate(run, instantiate(run_dataset(run, OmegaConf.create({}))), "cpu")
-    trained = json.loads((adapted_run / "results.json").read_text())
-    assert results["metrics"] == pytest.approx(trained["metrics"], abs=1e-6)
+    _assert_evaluates_to_its_results(run)
 
 
 def test_a_head_grid_run_loads_with_its_chosen_head(tmp_path):
     """The checkpoint also holds the grid's candidate heads; the network is its ``net`` (chosen head inside)."""
     train(make_cfg(["debug=smoke", "model=vit_ti16", "trainer.max_epochs=1", "finetune=last_grid"], tmp_path))
-    run = load_run(tmp_path)
-    results = evaluate(run, instantiate(run_dataset(run, OmegaConf.create({}))), "cpu")
-    trained = json.loads((tmp_path / "results.json").read_text())
-    assert results["metrics"] == pytest.approx(trained["metrics"], abs=1e-6)
+    _assert_evaluates_to_its_results(load_run(tmp_path))
 
 
 def test_other_data_with_the_runs_classes(resnet_run, tmp_path):
