@@ -93,6 +93,34 @@ def snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().to("cpu", torch.float64, copy=True) for name, p in net.named_parameters()}
 
 
+def buffer_snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of every buffer (BatchNorm statistics): they shape the features as much as the weights."""
+    return {name: b.detach().to("cpu", copy=True) for name, b in net.named_buffers()}
+
+
+def classifier(net: nn.Module) -> tuple[str, nn.Linear]:
+    """The last linear layer (name, module): its input is the representation the network classifies."""
+    return [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+
+
+def same_probe_features(
+    net: nn.Module,
+    start: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
+    end: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
+) -> bool:
+    """Whether a probe pass now would record exactly what the start pass did: every parameter outside the
+    classifier and every buffer is bit-identical between ``start`` and ``end`` (each ``(snapshot,
+    buffer_snapshot)``). Everything a probe pass keeps is computed before the classifier, so ``frozen``,
+    ``last`` and k-NN jobs can reuse the start pass instead of running the same forward pass again."""
+    (start_weights, start_buffers), (end_weights, end_buffers) = start, end
+    head = classifier(net)[0] + "."
+    if start_weights.keys() != end_weights.keys() or start_buffers.keys() != end_buffers.keys():
+        return False
+    return all(
+        torch.equal(start_weights[name], w) for name, w in end_weights.items() if not name.startswith(head)
+    ) and all(torch.equal(start_buffers[name], b) for name, b in end_buffers.items())
+
+
 def weight_drift(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], groups: dict[str, list[str]]) -> dict:
     """``||W_end - W0||_F / ||W0||_F`` over each group's parameters (a group whose W0 is all zero: the
     absolute change instead, so it is still 0 exactly when nothing moved)."""
@@ -179,7 +207,6 @@ class ProbeFeatures:
     attention_distance: dict[str, torch.Tensor] = field(default_factory=dict)  # [N, heads] pixels
     attention_entropy: dict[str, torch.Tensor] = field(default_factory=dict)  # [N, heads] nats
     final: torch.Tensor | None = None  # the classifier's input [N, D]
-    logits: torch.Tensor | None = None
 
 
 def probe_pass(
@@ -193,9 +220,8 @@ def probe_pass(
     attn = attention_layers(net)
     prefix = int(getattr(net, "num_prefix_tokens", 0))
     grid = tuple(int(g) for g in net.patch_embed.grid_size) if attn else None
-    classifier = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
     final: list[torch.Tensor] = []
-    pre = classifier.register_forward_pre_hook(lambda _m, args: final.append(args[0].detach().double().cpu()))
+    pre = classifier(net)[1].register_forward_pre_hook(lambda _m, args: final.append(args[0].detach().double().cpu()))
     out = ProbeFeatures()
     parts: dict[str, list[torch.Tensor]] = {}
 
@@ -203,12 +229,11 @@ def probe_pass(
         parts.setdefault(key, []).append(value.detach().double().cpu())
 
     hooked = {name: modules[name] for name in layers} | {name: m.attn_drop for name, m in attn}
-    logits = []
     try:
         with torch.no_grad(), evaluating(net), unfused([m for _, m in attn]), capture_outputs(hooked) as captured:
             for images in batches:
                 x = prepare(images)
-                logits.append(net(x).detach().double().cpu())
+                net(x)
                 if grid:
                     distances = patch_distances(grid, (x.shape[-2] / grid[0], x.shape[-1] / grid[1]))
                 for name in layers:
@@ -231,5 +256,5 @@ def probe_pass(
     for key, values in parts.items():
         kind, name = key.split("/", 1)
         stores[kind][name] = torch.cat(values)
-    out.final, out.logits = torch.cat(final), torch.cat(logits)
+    out.final = torch.cat(final)
     return out

@@ -2,7 +2,8 @@
 best-on-validation weights), written to ``artifacts/analysis.json`` plus CSVs and figures, all in the index.
 
 At fit start (or test start when nothing is fitted) it copies W0 and runs the probe set through the network
-once; at the end it runs the same images through the evaluated network once. Those two hooked passes feed
+once; at the end it runs the same images through the evaluated network once (unless nothing before the
+classifier changed: ``frozen``, ``last``, k-NN reuse the start pass). Those two hooked passes feed
 weight drift, CKA, the per-layer probes and the attention statistics. Explanations (faithfulness, Grad-CAM),
 the confusion matrix, per-class accuracy and the t-SNE are of the end network.
 """
@@ -115,6 +116,7 @@ class ChangeAnalysis(ArtifactExport):
         self._start = {
             "epoch": epoch,
             "weights": an.snapshot(net),
+            "buffers": an.buffer_snapshot(net),
             "features": features,
             "seconds": time.perf_counter() - t0,
             "indices": idx,
@@ -128,7 +130,12 @@ class ChangeAnalysis(ArtifactExport):
         net, start = pl_module.net, self._start
         labels = start["labels"]
         t0 = time.perf_counter()
-        end = an.probe_pass(net, self._batches(start["images"]), lambda b: _inputs(pl_module, b))
+        end_weights = an.snapshot(net)
+        if an.same_probe_features(net, (start["weights"], start["buffers"]), (end_weights, an.buffer_snapshot(net))):
+            log.info("ChangeAnalysis: nothing before the classifier changed; the end features are the start pass's.")
+            end = start["features"]
+        else:
+            end = an.probe_pass(net, self._batches(start["images"]), lambda b: _inputs(pl_module, b))
         phases = {"start": start["epoch"], "end": epoch}
         where = f"start (epoch {phases['start']}) vs end (epoch {epoch})"
         name = _model_name(net)
@@ -137,7 +144,7 @@ class ChangeAnalysis(ArtifactExport):
 
         groups = an.parameter_groups(net)
         blocks = an.block_groups(net, groups)
-        drift = an.weight_drift(start["weights"], an.snapshot(net), groups | blocks)
+        drift = an.weight_drift(start["weights"], end_weights, groups | blocks)
         drift_rows = [
             {"module": m, "level": "block" if m in blocks else "layer", "drift": d, **self._epochs(phases)}
             for m, d in drift.items()

@@ -3,10 +3,13 @@ deletion/insertion faithfulness, probe-set choice."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
+import timm
 import torch
+import torchvision
 from torch import nn
 
 from gnr650.interpret import analysis as an
@@ -128,3 +131,38 @@ def test_weight_drift_is_relative_frobenius_change_per_module():
     w, b = start["1.weight"], start["1.bias"]
     assert drift["0"] == 0.0
     assert drift["1"] == pytest.approx(float(w.norm() / torch.sqrt(w.pow(2).sum() + b.pow(2).sum())))
+
+
+def test_the_start_pass_is_reused_exactly_when_nothing_before_the_classifier_changed():
+    """The premise of skipping the end pass: with only the head changed, a fresh probe pass records exactly
+    what the start pass did; a changed block weight or a changed BatchNorm statistic rules the reuse out."""
+    torch.manual_seed(0)
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, depth=2)
+    images = [torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)]
+
+    def prepare(batch):
+        return batch.float() / 255
+
+    def state(module):
+        return an.snapshot(module), an.buffer_snapshot(module)
+
+    start, before = state(net), an.probe_pass(net, images, prepare)
+    with torch.no_grad():
+        net.head.weight.add_(1.0)
+    assert an.same_probe_features(net, start, state(net))
+    after = an.probe_pass(net, images, prepare)
+    for f in dataclasses.fields(before):
+        a, b = getattr(before, f.name), getattr(after, f.name)
+        if isinstance(a, dict):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f.name
+        else:
+            assert torch.equal(a, b), f.name
+    with torch.no_grad():
+        net.blocks[1].mlp.fc2.bias.add_(1e-3)
+    assert not an.same_probe_features(net, start, state(net))
+
+    resnet = torchvision.models.resnet18(num_classes=3)
+    start = state(resnet)
+    assert an.same_probe_features(resnet, start, state(resnet))
+    resnet.layer4[1].bn2.running_var.mul_(2)
+    assert not an.same_probe_features(resnet, start, state(resnet))

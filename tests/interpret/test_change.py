@@ -34,7 +34,8 @@ def _analysis(run_dir) -> dict:
 
 
 @pytest.mark.parametrize("strategy", ["frozen", "last", "top4"])
-def test_strategy_invariants_on_a_tiny_vit(strategy, tmp_path):
+def test_strategy_invariants_on_a_tiny_vit(strategy, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="gnr650.interpret.change")
     train(
         make_cfg(
             TINY_ANALYSIS
@@ -53,6 +54,8 @@ def test_strategy_invariants_on_a_tiny_vit(strategy, tmp_path):
         for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2"):
             assert drift[f"{block}.{layer}"] == 0.0
     assert drift["patch_embed.proj"] == 0.0 and drift["(root)"] == 0.0
+    reused = "end features are the start pass's" in caplog.text  # one pass fewer where only the head moved
+    assert reused == (strategy != "top4")
     if strategy == "top4":
         assert all(drift[b] > 0 for b in blocks[8:])
         assert drift["norm"] > 0
