@@ -98,9 +98,13 @@ def buffer_snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
     return {name: b.detach().to("cpu", copy=True) for name, b in net.named_buffers()}
 
 
-def classifier(net: nn.Module) -> tuple[str, nn.Linear]:
-    """The last linear layer (name, module): its input is the representation the network classifies."""
-    return [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+def classifier(net: nn.Module) -> tuple[str, nn.Module]:
+    """The network's classifier (name, module): timm's ``get_classifier()`` (whatever sits there, e.g. a k-NN
+    head), else the last linear layer (torchvision ResNet's ``fc``). Its input is the representation the
+    network classifies."""
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    named = [(name, m) for name, m in net.named_modules() if m is head]
+    return named[0] if named else [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
 
 
 def same_probe_features(
@@ -108,17 +112,19 @@ def same_probe_features(
     start: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
     end: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
 ) -> bool:
-    """Whether a probe pass now would record exactly what the start pass did: every parameter outside the
-    classifier and every buffer is bit-identical between ``start`` and ``end`` (each ``(snapshot,
+    """Whether a probe pass now would record exactly what the start pass did: every parameter and buffer
+    outside the classifier is bit-identical between ``start`` and ``end`` (each ``(snapshot,
     buffer_snapshot)``). Everything a probe pass keeps is computed before the classifier, so ``frozen``,
     ``last`` and k-NN jobs can reuse the start pass instead of running the same forward pass again."""
-    (start_weights, start_buffers), (end_weights, end_buffers) = start, end
     head = classifier(net)[0] + "."
-    if start_weights.keys() != end_weights.keys() or start_buffers.keys() != end_buffers.keys():
-        return False
-    return all(
-        torch.equal(start_weights[name], w) for name, w in end_weights.items() if not name.startswith(head)
-    ) and all(torch.equal(start_buffers[name], b) for name, b in end_buffers.items())
+
+    def features_part(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: t for name, t in state.items() if not name.startswith(head)}
+
+    for before, after in zip(map(features_part, start), map(features_part, end)):
+        if before.keys() != after.keys() or not all(torch.equal(before[k], after[k]) for k in before):
+            return False
+    return True
 
 
 def weight_drift(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], groups: dict[str, list[str]]) -> dict:

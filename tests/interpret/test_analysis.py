@@ -12,6 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
+from gnr650.finetune.knn import KNNClassifier
 from gnr650.interpret import analysis as an
 from gnr650.interpret import faithfulness as faith
 from gnr650.interpret.change import ChangeAnalysis
@@ -147,16 +148,24 @@ def test_the_start_pass_is_reused_exactly_when_nothing_before_the_classifier_cha
         return an.snapshot(module), an.buffer_snapshot(module)
 
     start, before = state(net), an.probe_pass(net, images, prepare)
+
+    def assert_same(after):
+        for f in dataclasses.fields(before):
+            a, b = getattr(before, f.name), getattr(after, f.name)
+            if isinstance(a, dict):
+                assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f.name
+            else:
+                assert torch.equal(a, b), f.name
+
     with torch.no_grad():
         net.head.weight.add_(1.0)
     assert an.same_probe_features(net, start, state(net))
-    after = an.probe_pass(net, images, prepare)
-    for f in dataclasses.fields(before):
-        a, b = getattr(before, f.name), getattr(after, f.name)
-        if isinstance(a, dict):
-            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f.name
-        else:
-            assert torch.equal(a, b), f.name
+    assert_same(an.probe_pass(net, images, prepare))
+    linear_head = net.head  # a k-NN head (no weights, a feature bank) in its place: the features are still the same
+    net.head = KNNClassifier(num_classes=3, k=2).fit(torch.randn(8, 192), torch.arange(8) % 3)
+    assert an.same_probe_features(net, start, state(net))
+    assert_same(an.probe_pass(net, images, prepare))
+    net.head = linear_head
     with torch.no_grad():
         net.blocks[1].mlp.fc2.bias.add_(1e-3)
     assert not an.same_probe_features(net, start, state(net))
