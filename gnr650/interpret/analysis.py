@@ -16,6 +16,7 @@ from torch import nn
 
 from gnr650.finetune.strategies import evaluating
 from gnr650.interpret.attention import attention_layers, capture_outputs, unfused
+from gnr650.models.factory import classifier_name
 
 ROOT_PARAMS = "(root)"  # label of parameters owned by the network itself (ViT cls_token, pos_embed)
 
@@ -102,9 +103,10 @@ def classifier(net: nn.Module) -> tuple[str, nn.Module]:
     """The network's classifier (name, module): timm's ``get_classifier()`` (whatever sits there, e.g. a k-NN
     head), else the last linear layer (torchvision ResNet's ``fc``). Its input is the representation the
     network classifies."""
-    head = net.get_classifier() if hasattr(net, "get_classifier") else None
-    named = [(name, m) for name, m in net.named_modules() if m is head]
-    return named[0] if named else [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
+    if hasattr(net, "get_classifier"):
+        name = classifier_name(net)
+        return name, net.get_submodule(name)
+    return [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)][-1]
 
 
 def same_probe_features(
