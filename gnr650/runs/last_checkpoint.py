@@ -20,6 +20,7 @@ from its last end-of-epoch checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -54,7 +55,12 @@ def reporting_sigterm(checkpoint: str | Path) -> Iterator[None]:
 class LastCheckpoint(Checkpoint):
     """A ``Checkpoint`` so that Lightning runs it after ModelCheckpoint: at an epoch end, that epoch's
     checkpoints come first (and a configured ``save_last`` file is the same state: the checkpoint IO
-    links it rather than writing it twice). ``every_s=0``: every epoch."""
+    links it rather than writing it twice). ``every_s=0``: every epoch.
+
+    An epoch-end save goes to a hidden pending file that becomes ``last.ckpt`` at the next epoch's start
+    (or the end of training, or an exception): Lightning logs the epoch's training metrics after every
+    ``on_train_epoch_end`` hook, so a run killed between the two would resume after an epoch whose row
+    metrics.csv never got. Killed there, the run resumes from the previous ``last.ckpt`` instead."""
 
     def __init__(
         self, path: str | Path, every_s: float = 0.0, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
@@ -62,6 +68,7 @@ class LastCheckpoint(Checkpoint):
         if every_s < 0:
             raise ValueError(f"last_ckpt_every_s must be >= 0 (seconds between resume checkpoints), got {every_s}.")
         self.path = Path(path)
+        self._pending = self.path.with_name(f".{self.path.name}.pending")
         self.every_s = every_s
         self.signals = signals
         self._saved_at = 0.0  # time.monotonic() of the last save, or of the training start
@@ -85,10 +92,11 @@ class LastCheckpoint(Checkpoint):
             signal.signal(signum, handler)
         self._previous = {}
 
-    def _save(self, trainer: pl.Trainer) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)  # full state: what resume continues from
+    def _save(self, trainer: pl.Trainer, path: Path) -> None:
+        trainer.save_checkpoint(path, weights_only=False)  # full state: what resume continues from
         self._saved_at = time.monotonic()
-        self.last_model_path = str(self.path)
+        if path == self.path:
+            self.last_model_path = str(self.path)
         if self.received is not None:
             self._restore()
             self._stopped_at = f"step {trainer.global_step} (epoch {trainer.current_epoch})"
@@ -110,25 +118,34 @@ class LastCheckpoint(Checkpoint):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self.received is not None and self._stopped_at is None and batch_idx + 1 < trainer.num_training_batches:
-            self._save(trainer)
+            self._save(trainer, self.path)
             self._stop()
+
+    def _publish(self, trainer: pl.Trainer) -> None:
+        """The pending epoch-end checkpoint becomes ``last.ckpt`` (rank 0 wrote it, rank 0 renames it)."""
+        if trainer.is_global_zero and self._pending.is_file():
+            os.replace(self._pending, self.path)
+            self.last_model_path = str(self.path)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After a signal, the stop comes at the next epoch start: Lightning logs this epoch's metrics in between.
         due = self.received is not None or _final_epoch(trainer) or time.monotonic() - self._saved_at >= self.every_s
         if trainer.strategy.broadcast(due, src=0):  # every rank saves, or none (the save is collective)
-            self._save(trainer)
+            self._save(trainer, self._pending)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish(trainer)
         if self._stopped_at is not None:
             self._stop()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._publish(trainer)
         self._restore()
         if self._stopped_at is not None:  # the signal came in the last epoch: stop before the final evaluation
             self._stop()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._publish(trainer)
         self._restore()
 
 

@@ -14,6 +14,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.loggers import CSVLogger
 
 from gnr650.files import write_json
 from gnr650.runs.checkpoints import CheckpointError
@@ -145,8 +146,48 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(signum, epoch, batch, uni
     assert_same_history(tmp_path, uninterrupted)
 
 
+class CSVLoggerKilledBeforeEpochRow(CSVLogger):
+    """Dies like a SIGKILL (``os._exit``) when epoch ``epoch``'s training row arrives, the first time only
+    (``marker``): after that epoch's end-of-epoch checkpoint was written, before the row reaches metrics.csv."""
+
+    def __init__(self, *args, epoch: int, marker: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch, self.marker = epoch, Path(marker)
+
+    def log_metrics(self, metrics, step=None):
+        if "train/loss" in metrics and int(metrics.get("epoch", -1)) == self.epoch and not self.marker.exists():
+            self.marker.touch()
+            os._exit(9)
+        super().log_metrics(metrics, step)
+
+
+@pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
+def test_killed_between_the_epoch_checkpoint_and_its_metrics_row_resumes_with_the_whole_history(tmp_path):
+    args = RUN + ["trainer.max_epochs=3", "dataset.per_class=32", "last_ckpt_every_s=0"]
+    dying = [
+        f"logger.csv._target_={__name__}.CSVLoggerKilledBeforeEpochRow",
+        "+logger.csv.epoch=1",
+        f"+logger.csv.marker={tmp_path / 'died'}",
+    ]
+    reference = train_py(args, tmp_path / "reference")
+    victim = train_py(args + dying, tmp_path / "victim")
+    out, _ = victim.communicate(timeout=300)
+    assert victim.returncode == 9 and (tmp_path / "died").exists(), out[-3000:]
+    (run,) = (tmp_path / "victim" / "outputs" / "train" / "runs").iterdir()
+    assert not (run / "results.json").exists()
+
+    finish(train_py(args + dying + ["resume=true"], tmp_path / "victim"))
+    resumed = read_results(run)
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+    finish(reference)
+    (ref_run,) = (tmp_path / "reference" / "outputs" / "train" / "runs").iterdir()
+    assert_same_metrics(resumed["metrics"], read_results(ref_run)["metrics"])
+    assert_same_history(run, ref_run)
+
+
 class LastCheckpointProbe(pl.Callback):
-    """Records the global step stored in ``path`` (None while absent) at each epoch start and at the end."""
+    """Records the global step stored in ``path`` (None while absent) at each epoch's first batch and after
+    training (the epoch-end checkpoint becomes ``last.ckpt`` in the run's own hooks at the epoch boundary)."""
 
     latest: LastCheckpointProbe | None = None  # the instance train() built
 
@@ -157,10 +198,11 @@ class LastCheckpointProbe(pl.Callback):
     def _look(self) -> None:
         self.seen.append(torch.load(self.path, weights_only=True)["global_step"] if self.path.exists() else None)
 
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._look()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self._look()
 
-    def on_train_end(self, trainer, pl_module):
+    def on_fit_end(self, trainer, pl_module):
         self._look()
 
 
