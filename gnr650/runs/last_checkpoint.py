@@ -69,6 +69,7 @@ class LastCheckpoint(Checkpoint):
             raise ValueError(f"last_ckpt_every_s must be >= 0 (seconds between resume checkpoints), got {every_s}.")
         self.path = Path(path)
         self._pending = self.path.with_name(f".{self.path.name}.pending")
+        self._unpublished = False  # this run's epoch-end save waits in the pending file (not a killed run's)
         self.every_s = every_s
         self.signals = signals
         self._saved_at = 0.0  # time.monotonic() of the last save, or of the training start
@@ -95,6 +96,7 @@ class LastCheckpoint(Checkpoint):
     def _save(self, trainer: pl.Trainer, path: Path) -> None:
         trainer.save_checkpoint(path, weights_only=False)  # full state: what resume continues from
         self._saved_at = time.monotonic()
+        self._unpublished = path == self._pending
         if path == self.path:
             self.last_model_path = str(self.path)
         if self.received is not None:
@@ -122,9 +124,12 @@ class LastCheckpoint(Checkpoint):
             self._stop()
 
     def _publish(self, trainer: pl.Trainer) -> None:
-        """The pending epoch-end checkpoint becomes ``last.ckpt`` (rank 0 wrote it, rank 0 renames it)."""
-        if trainer.is_global_zero and self._pending.is_file():
-            os.replace(self._pending, self.path)
+        """This run's pending epoch-end checkpoint becomes ``last.ckpt`` (rank 0 wrote it, rank 0 renames it).
+        A pending file a killed run left behind is never published: it is the state whose metrics row is lost."""
+        if self._unpublished:
+            if trainer.is_global_zero:
+                os.replace(self._pending, self.path)
+            self._unpublished = False
             self.last_model_path = str(self.path)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -209,7 +209,10 @@ class LastCheckpointProbe(pl.Callback):
 @pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
 @pytest.mark.parametrize("every_s,seen", [(0, [None, 4, 8, 12]), (3600, [None, None, None, 12])])
 def test_last_checkpoint_is_written_at_the_interval_and_after_the_final_epoch(every_s, seen, tmp_path):
-    """A run that cannot make its interval still ends with a resumable last.ckpt (and writes no other)."""
+    """A run that cannot make its interval still ends with a resumable last.ckpt (and writes no other). A
+    pending epoch-end save that a killed run left behind is never published as last.ckpt."""
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"global_step": 99}, tmp_path / "checkpoints" / ".last.ckpt.pending")
     train(
         make_cfg(
             SMALL
