@@ -28,6 +28,7 @@ import torch
 from gnr650.data.datamodule import Split
 from gnr650.data.images import decode_chunks, decode_into_memory, header_size, target_size, warn_mixed_sizes
 from gnr650.data.storage import SplitStorage, human_bytes
+from gnr650.errors import UserError
 from gnr650.files import atomic_write, ensure_writable
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ HEADER_BYTES = 4096
 SUFFIX = ".u8"
 
 
-class StoreError(RuntimeError):
+class StoreError(RuntimeError, UserError):
     """A decoded store could not be written; the message says why and what to change."""
 
 

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gnr650.data.images import is_image_file
+from gnr650.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(FileNotFoundError, UserError):
     """Data is missing or empty where the config points; the message names the fix."""
 
 

@@ -12,12 +12,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from gnr650.errors import UserError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class ImageDecodeError(RuntimeError):
+class ImageDecodeError(RuntimeError, UserError):
     """An image file could not be read; the message names the file and what to do."""
 
 

@@ -13,6 +13,7 @@ import os
 import torch
 
 from gnr650.data.images import check_decode_size
+from gnr650.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def human_bytes(n: float) -> str:
     return f"{n / GB:.2f} GB" if n >= GB else f"{n / 1e6:.1f} MB"
 
 
-class StorageError(RuntimeError):
+class StorageError(RuntimeError, UserError):
     """Decoded data fits neither the memory budget nor the disk; the message names the settings to change."""
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from gnr650.data import SPLITS, DecodedImageDataModule, Split
+from gnr650.errors import UserError
 from gnr650.finetune.strategies import evaluating, is_under
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ Stage = tuple[tuple[str, ...], Fn]
 MODES = ("auto", True, False)
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(ValueError, UserError):
     """Caching was asked for (``finetune.cache_features=true``) where it is not exact or does not fit."""
 
 

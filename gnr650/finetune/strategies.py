@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from gnr650.errors import UserError
 from gnr650.models import BuiltModel
 
 WHOLE = ""  # module name of the whole network
@@ -22,7 +23,7 @@ NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchN
 PARAM_SELECTIONS = ("bias", "norm")
 
 
-class StrategyError(ValueError):
+class StrategyError(ValueError, UserError):
     """A fine-tuning setting this model cannot do; the message says what it can."""
 
 

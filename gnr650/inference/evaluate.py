@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gnr650.data import DecodedImageDataModule
+from gnr650.errors import UserError
 from gnr650.files import write_json
 from gnr650.inference.trained_run import TrainedRun, load_run
 from gnr650.runs import evaluation_fields, versions
@@ -21,7 +22,7 @@ from gnr650.training import ClassificationModule
 log = logging.getLogger(__name__)
 
 
-class ClassMismatchError(ValueError):
+class ClassMismatchError(ValueError, UserError):
     """The data's classes are not the run's (names or order); the message lists both."""
 
 

@@ -12,6 +12,7 @@ import torch
 from timm.models._hub import save_config_for_hf, save_for_hf
 from torch import nn
 
+from gnr650.errors import UserError
 from gnr650.files import atomic_write
 from gnr650.finetune.lora import has_lora, merge_lora
 from gnr650.finetune.vpt import PromptedBlocks
@@ -23,7 +24,7 @@ ONNX_TOLERANCE = 1e-4
 TIMM_EQUIVALENTS = {"gnr650.models.build_resnet18": "resnet18"}
 
 
-class ExportError(RuntimeError):
+class ExportError(RuntimeError, UserError):
     """The network cannot be exported in the asked format; the message says why and what to do instead."""
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from gnr650.data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, is_image_file, resize_image
+from gnr650.errors import UserError
 from gnr650.files import atomic_write
 from gnr650.inference.trained_run import TrainedRun
 from gnr650.interpret.attention import attention_layers, attention_rollout, extract_attention, patch_grid
@@ -22,7 +23,7 @@ from gnr650.interpret.figures import rollout_overview_figure, save_figure
 log = logging.getLogger(__name__)
 
 
-class PredictInputError(ValueError):
+class PredictInputError(ValueError, UserError):
     """The images or options given to predict cannot be used; the message says which and what to do."""
 
 

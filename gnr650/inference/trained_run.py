@@ -13,12 +13,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from gnr650.errors import UserError
 from gnr650.finetune import prepare_from_config
 from gnr650.models import BuiltModel, load_weights
 from gnr650.training import DevicePreprocess
 
 
-class RunDirError(RuntimeError):
+class RunDirError(RuntimeError, UserError):
     """A run directory cannot be used: the message names what is missing and what to do."""
 
 

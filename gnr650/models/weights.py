@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gnr650.errors import UserError
 from gnr650.files import refusing_pickled_code
 
 
-class WeightsError(RuntimeError):
+class WeightsError(RuntimeError, UserError):
     """A weights file is unreadable, unsafe, or does not fit the model; the message says which keys."""
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from gnr650 import files
+from gnr650.errors import UserError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RuntimeError, UserError):
     """A checkpoint is missing, unreadable, or would need arbitrary code to load; the message names the file."""
 
 

@@ -8,10 +8,11 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from gnr650.errors import UserError
 from gnr650.files import ensure_writable
 
 
-class PreflightError(ValueError):
+class PreflightError(ValueError, UserError):
     """The configuration or the environment cannot work; the message says which setting to change."""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from gnr650.errors import UserError
+
 log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
@@ -25,7 +27,7 @@ LAST = "last.ckpt"
 HOW_TO_RUN = ("resume", "skip_done", "ckpt_path")
 
 
-class ResumeError(RuntimeError):
+class ResumeError(RuntimeError, UserError):
     """There is nothing consistent to resume from; the message names the directory or checkpoint."""
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from gnr650.errors import UserError
 from gnr650.interpret.index import read_index
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 OPTIONAL = {"MLFlowLogger": ("mlflow", "mlflow"), "WandbLogger": ("wandb", "wandb")}
 
 
-class TrackerNotInstalledError(ImportError):
+class TrackerNotInstalledError(ImportError, UserError):
     """A configured logger's package is missing; the message names the extra to install."""
 
 

@@ -7,8 +7,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from gnr650.errors import UserError
 
-class DivergenceError(RuntimeError):
+
+class DivergenceError(RuntimeError, UserError):
     """The training loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
