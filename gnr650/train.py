@@ -36,6 +36,8 @@ from gnr650.runs import (
 from gnr650.runs.trackers import instantiate_loggers, log_run_files
 from gnr650.training import ClassificationModule, DevicePreprocess, epoch_progress_bar, use_channels_last
 from gnr650.training.head_grid import HeadGridModule
+from gnr650.training.learning import learning_warnings
+from gnr650.training.progress import EpochLog
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "overrides": _overrides(),
         "run_dir": str(out.resolve()),
+        "warnings": [],
     }
     try:
         pl.seed_everything(cfg.seed, workers=True)
@@ -191,12 +194,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         for logger in loggers:  # after run_control: CSVHistory has read a resumed run's metrics.csv before it opens
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        epoch_log = EpochLog()
         progress = [epoch_progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []
         knn = cfg.finetune.get("knn")
         knn_bank = (
             KNNBank(built.head[-1], KNNClassifier(dm.num_classes, **knn), len(dm.split("train"))) if knn else None
         )
-        callbacks = configured + [c for c in (cache, knn_bank) if c] + control.callbacks + progress
+        callbacks = configured + [c for c in (cache, knn_bank) if c] + control.callbacks + [epoch_log] + progress
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         check_launch(trainer)
         results["resumed_from"] = control.ckpt_path
@@ -223,6 +227,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(module, HeadGridModule):
             results["head_grid"] = {"settings": module.grid_results, "chosen": module.grid_results[module.best]}
         results["epochs"] = trainer.current_epoch
+        if fit_s:  # fit ran (frozen and knn train nothing: frozen's chance accuracy is by design, not a warning)
+            results["warnings"] = learning_warnings(
+                results["metrics"]["train/acc"],
+                [e["train/loss"] for e in epoch_log.epochs if "train/loss" in e],
+                dm.num_classes,
+                _learning_rates(cfg, module),
+            )
         results["timing"] = {"fit_s": round(fit_s, 3), "total_s": round(time.perf_counter() - start, 3)}
         seen = module.images_seen * trainer.world_size
         results["throughput"] = round(seen / fit_s, 1) if seen and fit_s > 0 else None  # training images/s
@@ -247,7 +258,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             results["metrics"]["test/acc"],
             out / "results.json",
         )
+        for warning in results["warnings"]:
+            log.warning(warning)
     return results
+
+
+def _learning_rates(cfg: DictConfig, module: ClassificationModule) -> str:
+    """The learning-rate settings the run trained with, as the overrides that change them."""
+    if isinstance(module, HeadGridModule):
+        chosen = module.settings[module.best]["lr"]
+        return f"finetune.head_grid_lrs={list(cfg.finetune.head_grid_lrs)}, the chosen head's {chosen:g}"
+    return f"optimizer.lr_head={cfg.optimizer.lr_head:g}, optimizer.lr_backbone={cfg.optimizer.lr_backbone:g}"
 
 
 def reset_peak_memory() -> None:

@@ -1,6 +1,9 @@
 """End-to-end runs of train(cfg) on synthetic data: results.json, learning, freezing, reproducibility."""
 
 import json
+import logging
+import math
+import re
 import subprocess
 import sys
 
@@ -9,9 +12,10 @@ import pytorch_lightning as pl
 import torch
 
 from gnr650.train import build, train
-from tests.helpers import ROOT, make_cfg
+from tests.helpers import ROOT, csv_rows, make_cfg
 
 SMOKE = ["debug=smoke", "logger=csv", "callbacks=default"]
+EPOCH_LINE = re.compile(r"Epoch (\d+)/2: train loss (\S+) acc (\S+)%, val loss (\S+) acc (\S+)% \((\S+) s\)")
 
 
 def _read(path):
@@ -60,6 +64,48 @@ def test_frozen_trains_nothing_and_only_evaluates(tmp_path):
     assert results["params"]["trainable"] == 0 and results["timing"]["fit_s"] == 0
     assert results["epochs"] == 0 and results["checkpoint"] is None
     assert not (tmp_path / "checkpoints").exists()
+    # An untrained random head is at chance by design: no learning-rate warning for a run that trained nothing.
+    assert results["metrics"]["train/acc"] <= 0.25 + 0.05
+    assert results["warnings"] == [] and _read(tmp_path)["warnings"] == []
+
+
+def test_each_finished_epoch_logs_one_line_with_its_metrics(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="gnr650"):
+        train(make_cfg(SMOKE + ["model=resnet18", "trainer.max_epochs=2"], tmp_path))
+    lines = [m for r in caplog.records if (m := EPOCH_LINE.fullmatch(r.getMessage()))]
+    assert [int(m[1]) for m in lines] == [1, 2]  # counted from 1, as the figures' labels count completed epochs
+    for m in lines:
+        logged = {
+            k: float(v) for row in csv_rows(tmp_path) if row.get("epoch") == str(int(m[1]) - 1) for k, v in row.items()
+        }
+        assert float(m[2]) == pytest.approx(logged["train/loss"], rel=1e-3)  # printed to 4 significant digits
+        assert float(m[3]) == pytest.approx(100 * logged["train/acc"], abs=0.005)
+        assert float(m[4]) == pytest.approx(logged["val/loss"], rel=1e-3)
+        assert float(m[5]) == pytest.approx(100 * logged["val/acc"], abs=0.005)
+        assert float(m[6]) > 0
+
+
+def test_a_divergent_learning_rate_is_flagged_naming_it(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="gnr650"):
+        results = train(make_cfg(SMOKE + ["model=resnet18", "optimizer.lr_head=1000"], tmp_path))
+    assert results["status"] == "completed" and results["metrics"]["train/acc"] <= 0.25 + 0.05
+    losses = [float(row["train/loss"]) for row in csv_rows(tmp_path) if "train/loss" in row]
+    assert losses[-1] > 10 * math.log(4)  # the symptom, independently of the check
+    (warning,) = results["warnings"]
+    assert warning.startswith("Did not learn: final train accuracy ")
+    assert f"the training loss grew to {losses[-1]:.4g} in the last epoch (first epoch {losses[0]:.4g};" in warning
+    assert "the learning rate is too high (optimizer.lr_head=1000, optimizer.lr_backbone=0.0001)" in warning
+    assert _read(tmp_path)["warnings"] == [warning]
+    last = [r for r in caplog.records if r.name.startswith("gnr650")][-1]
+    assert (last.levelname, last.getMessage()) == ("WARNING", warning)  # the run ends with it
+
+
+def test_a_run_that_learns_is_not_flagged(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="gnr650"):
+        results = train(make_cfg(SMOKE + ["model=resnet18"], tmp_path))
+    assert results["metrics"]["train/acc"] > 0.25 + 0.05
+    assert results["warnings"] == [] and _read(tmp_path)["warnings"] == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("gnr650")]
 
 
 @pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs

@@ -40,6 +40,11 @@ class Job:
     def ok(self) -> bool:
         return self.status == COMPLETED
 
+    @property
+    def warnings(self) -> list[str]:
+        """What the run warned about when it finished (results.json ``warnings``: e.g. it did not learn)."""
+        return [str(w) for w in self.results.get("warnings") or []]
+
     def metric(self, name: str) -> float | None:
         """A metric from results.json, or None when missing or not a finite number."""
         value = (self.results.get("metrics") or {}).get(name)

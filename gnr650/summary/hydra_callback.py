@@ -29,11 +29,11 @@ log = logging.getLogger(__name__)
 
 
 def job_line(job: Job) -> str:
-    """One console line per job: its number, label, status, and its accuracies (or its error)."""
+    """One console line per job: its number, label, status, and its accuracies and warnings (or its error)."""
     accuracies = ", ".join(
         f"{split} {value:.2%}" for split in SPLITS if (value := job.metric(f"{split}/acc")) is not None
     )
-    detail = accuracies if job.ok else job.error
+    detail = accuracies + "".join(f"; warning: {w}" for w in job.warnings) if job.ok else job.error
     return f"Job {job.num} ({job.label or 'no overrides'}) {job.status}" + (f": {detail}" if detail else "")
 
 
@@ -47,4 +47,4 @@ class SummaryCallback(Callback):
             return
         log.info("Summary of %d jobs: %s", len(summary.jobs), sweep_dir / "report.html")
         for job in summary.jobs:
-            (log.info if job.ok else log.warning)("%s", job_line(job))
+            (log.info if job.ok and not job.warnings else log.warning)("%s", job_line(job))

@@ -21,6 +21,7 @@ table { border-collapse: collapse; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
 th { background: #f3f3f3; } .text { text-align: left; }
 tr.failed td { background: #fde8e8; color: #8a1c1c; }
+tr.warned td { background: #fff4d6; color: #6b4a00; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #444; font-size: 0.9rem; margin-top: 0.3rem; }
 """
@@ -37,13 +38,15 @@ class FigureEntry:
 
 
 def html_table(table: Table) -> str:
-    """Numbers right-aligned, the label and status columns left-aligned, failed rows marked."""
+    """Numbers right-aligned, the label and status columns left-aligned, failed and warned rows marked."""
     align = [' class="text"' if h in TEXT_COLUMNS else "" for h in table.headers]
     head = "".join(f"<th{a}>{html.escape(h)}</th>" for a, h in zip(align, table.headers))
     rows = []
-    for cells, failed in zip(table.rows, table.failed):
+    warned = table.warned or [False] * len(table.rows)
+    for cells, failed, warning in zip(table.rows, table.failed, warned):
         tds = "".join(f"<td{a}>{html.escape(c)}</td>" for a, c in zip(align, cells))
-        rows.append(f'<tr class="failed">{tds}</tr>' if failed else f"<tr>{tds}</tr>")
+        mark = ' class="failed"' if failed else ' class="warned"' if warning else ""
+        rows.append(f"<tr{mark}>{tds}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 

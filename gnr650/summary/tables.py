@@ -1,6 +1,7 @@
 """The comparison table: raw rows (CSV/JSON) and formatted rows (Markdown/HTML).
 
-Failed and unfinished jobs stay in every table as rows marked with their error.
+Failed and unfinished jobs stay in every table as rows marked with their error; completed jobs that warned (e.g.
+did not learn) as rows marked with the warning.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gnr650.summary.collect import Job, format_label
 
@@ -22,11 +23,12 @@ MISSING = "—"
 
 @dataclass
 class Table:
-    """Display-ready cells; `failed[i]` marks rows to highlight."""
+    """Display-ready cells; `failed[i]` and `warned[i]` mark rows to highlight."""
 
     headers: list[str]
     rows: list[list[str]]
     failed: list[bool]
+    warned: list[bool] = field(default_factory=list)
 
 
 def job_records(jobs: list[Job]) -> list[dict]:
@@ -42,6 +44,7 @@ def job_records(jobs: list[Job]) -> list[dict]:
                 **job.swept,
                 "status": job.status,
                 "error": job.error,
+                "warnings": "; ".join(job.warnings) or None,
                 **{name: job.metric(name) for name, _ in ACCURACIES},
                 "trainable_params": params.get("trainable"),
                 "total_params": params.get("total"),
@@ -106,7 +109,8 @@ def job_table(jobs: list[Job]) -> Table:
     ]
     rows = []
     for job, rec in zip(jobs, job_records(jobs)):
-        status = job.status if job.ok else f"{job.status}: {job.error}"
+        warnings = "".join(f", warning: {w}" for w in job.warnings)
+        status = job.status + warnings if job.ok else f"{job.status}: {job.error}"
         rows.append(
             [
                 job.label,
@@ -118,7 +122,7 @@ def job_table(jobs: list[Job]) -> Table:
                 status,
             ]
         )
-    return Table(headers, rows, [not j.ok for j in jobs])
+    return Table(headers, rows, [not j.ok for j in jobs], [j.ok and bool(j.warnings) for j in jobs])
 
 
 def seed_table(jobs: list[Job]) -> Table | None:

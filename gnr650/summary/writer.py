@@ -153,6 +153,11 @@ def _meta(jobs: list[Job], swept: list[str]) -> list[str]:
         + (", ".join(f"{n} {status}" for status, n in counts.items()) or "none found")
         + (f"; swept: {', '.join(swept)}." if swept else ".")
     ]
+    warned = [job for job in jobs if job.ok and job.warnings]
+    if warned:
+        lines.append(
+            f"{len(warned)} completed with a warning (Status column): " + ", ".join(job.label for job in warned) + "."
+        )
     scored = [job for job in jobs if job.metric("val/acc") is not None]
     if scored:
         best = max(scored, key=lambda job: job.metric("val/acc"))

@@ -1,16 +1,98 @@
-"""The console progress bar: one line left per epoch (rich's when installed, else tqdm's); validation and test
-bars are transient."""
+"""The console: a transient progress bar for the running epoch (rich's when installed, else tqdm's) and one log
+line per finished epoch with its training and validation loss and accuracy (``EpochLog``)."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import time
+from typing import Any
 
+import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 from pytorch_lightning.callbacks.progress import ProgressBar
 
+log = logging.getLogger(__name__)
+
 
 def epoch_progress_bar() -> ProgressBar:
-    """Lightning's bars with ``leave=True``: each finished epoch stays as one line with its metrics."""
+    """Lightning's bar for the running epoch and its validation, its epoch counted as ``EpochLog``'s lines count
+    (Lightning's own counts from 0); the lasting record is those lines."""
     if importlib.util.find_spec("rich") is not None:
-        return RichProgressBar(leave=True)
-    return TQDMProgressBar(leave=True)
+        return _RichBar()
+    return _TQDMBar()
+
+
+def epoch_label(number: int, max_epochs: int | None) -> str:
+    """ "Epoch 3/10": ``number`` counted from 1 (Lightning's ``current_epoch`` + 1), as the figures' labels count
+    completed epochs (``gnr650.interpret.callbacks.weights_epoch``)."""
+    return f"Epoch {number}" + (f"/{max_epochs}" if max_epochs and max_epochs > 0 else "")
+
+
+class _RichBar(RichProgressBar):
+    def _get_train_description(self, current_epoch: int) -> str:
+        return epoch_label(current_epoch + 1, self.trainer.max_epochs)
+
+
+class _TQDMBar(TQDMProgressBar):
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(epoch_label(trainer.current_epoch + 1, trainer.max_epochs))
+
+
+class EpochLog(pl.Callback):
+    """Logs one line per finished epoch (rank 0), "Epoch 3/10: train loss 0.4321 acc 85.20%, val loss ... (12.3 s)",
+    and keeps each epoch's values in ``epochs`` (every rank), its ``epoch`` counted from 1 (``epoch_label``).
+
+    The module logs the epoch's training metrics in its own ``on_train_epoch_end``, which Lightning calls after the
+    callbacks' (the progress bar's too: that is why the bar cannot show them), so the line is written when the
+    next epoch starts, or when training ends. The time is the epoch's training and validation.
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, Any]] = []
+        self._started = 0.0
+        self._validated = False
+        self._pending: dict[str, Any] | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer)
+        self._started = time.perf_counter()
+        self._validated = False
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The validation metrics are this epoch's only if validation ran in it (check_val_every_n_epoch).
+        values = trainer.callback_metrics if self._validated else {}
+        self._pending = {
+            "epoch": trainer.current_epoch + 1,
+            **{k: float(values[k]) for k in ("val/loss", "val/acc") if k in values},
+            "seconds": time.perf_counter() - self._started,
+        }
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer)
+
+    def _finish(self, trainer: pl.Trainer) -> None:
+        """Complete the pending epoch with its training metrics, keep it and log its line."""
+        if self._pending is None:
+            return
+        values = trainer.callback_metrics
+        epoch = {**self._pending, **{k: float(values[k]) for k in ("train/loss", "train/acc") if k in values}}
+        self._pending = None
+        self.epochs.append(epoch)
+        if trainer.is_global_zero:
+            log.info(epoch_line(epoch, trainer.max_epochs))
+
+
+def epoch_line(epoch: dict[str, Any], max_epochs: int | None) -> str:
+    """``Epoch 3/10: train loss 0.4321 acc 85.20%, val loss 0.5123 acc 80.00% (12.3 s)``; a split without values
+    (no validation that epoch) is left out."""
+    splits = [
+        f"{split} loss {epoch[f'{split}/loss']:.4g} acc {epoch[f'{split}/acc']:.2%}"
+        for split in ("train", "val")
+        if f"{split}/loss" in epoch and f"{split}/acc" in epoch
+    ]
+    return f"{epoch_label(epoch['epoch'], max_epochs)}: {', '.join(splits)} ({epoch['seconds']:.1f} s)"

@@ -43,6 +43,7 @@ def make_job(
     acc: tuple[float, float, float] = (0.9, 0.8, 0.7),
     status: str | None = "completed",
     error: str | None = None,
+    warnings: list[str] | None = None,
     epochs: int = 3,
     attention: float | None = None,
     kernel_norms: bool = False,
@@ -50,7 +51,8 @@ def make_job(
     kernel_norms_path: str = "kernel_norms.csv",
     index: bool = True,
 ) -> Path:
-    """A fake Hydra job directory; `status=None` leaves no results.json (a killed job).
+    """A fake Hydra job directory; `status=None` leaves no results.json (a killed job); `warnings` as a run that
+    did not learn writes them.
 
     Artefacts are written at the given paths under artifacts/ and listed in its index as the export callbacks
     do (`index=False`: no index, as in runs older than it).
@@ -89,6 +91,7 @@ def make_job(
         results = {
             "status": status,
             "error": error,
+            "warnings": warnings or [],
             "overrides": overrides,
             "metrics": {"train/acc": acc[0], "val/acc": acc[1], "test/acc": acc[2]} if status == "completed" else {},
             "params": {"total": 5_000_000, "trainable": 2_000 * (num + 1)},

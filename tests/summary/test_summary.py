@@ -19,6 +19,7 @@ from gnr650.summary import collect_jobs, write_summary
 from gnr650.summary.attention import load_attention
 from gnr650.summary.cli import main as cli_main
 from gnr650.summary.collect import read_curves, read_kernel_norms
+from gnr650.summary.hydra_callback import job_line
 from tests.summary.jobs import REPO, attention_arrays, make_job
 
 ARTEFACT_FIGURES = {"kernel_norms.png", "attention_entropy.png", "attention_AnnualCrop.png", "attention_Forest.png"}
@@ -85,6 +86,32 @@ def test_failed_and_unfinished_jobs_are_rows(two_by_two: Path):
     assert re.search(r"\| model=vit_b16, finetune=last \|.*unfinished: no results\.json", md)
     html = (two_by_two / "report.html").read_text()
     assert html.count('<tr class="failed">') == 2
+
+
+def test_a_job_that_did_not_learn_is_marked_with_its_warning(tmp_path: Path):
+    warning = "Did not learn: final train accuracy 10.00% is within 5 points of chance (10.00%, 10 classes)."
+    make_job(tmp_path, 0, ["optimizer.lr_head=0.001"])
+    make_job(tmp_path, 1, ["optimizer.lr_head=10"], acc=(0.1, 0.1, 0.1), warnings=[warning])
+    summary = write_summary(tmp_path)
+    assert [job.warnings for job in summary.jobs] == [[], [warning]]
+    md = (tmp_path / "summary.md").read_text()
+    assert "| optimizer.lr_head=10 | 10.00% | 10.00% | 10.00% |" in md
+    assert next(line for line in md.splitlines() if "| optimizer.lr_head=10 |" in line).endswith(
+        f"| completed, warning: {warning} |"
+    )
+    assert next(line for line in md.splitlines() if "| optimizer.lr_head=0.001 |" in line).endswith("| completed |")
+    assert "1 completed with a warning (Status column): optimizer.lr_head=10." in md
+    with (tmp_path / "summary.csv").open() as f:
+        assert [row["warnings"] for row in csv.DictReader(f)] == ["", warning]
+    assert [job["warnings"] for job in json.loads((tmp_path / "summary.json").read_text())["jobs"]] == [None, warning]
+    html = (tmp_path / "report.html").read_text()
+    (row,) = re.findall(r'<tr class="warned">.*?</tr>', html)
+    assert "optimizer.lr_head=10<" in row and f"completed, warning: {warning}" in row
+    assert html.count("<tr>") == 2  # the header and the job that learned, unmarked
+    assert (
+        job_line(summary.jobs[1])
+        == f"Job 1 (optimizer.lr_head=10) completed: train 10.00%, val 10.00%, test 10.00%; warning: {warning}"
+    )
 
 
 def test_labels_come_from_any_swept_override(tmp_path: Path):
