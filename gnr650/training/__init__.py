@@ -1,5 +1,5 @@
 """Training: the LightningModule, its optimizer and schedule, device-side metrics and preprocessing, the
-divergence guard."""
+divergence guard, the console (progress bar, epoch lines) and the did-not-learn check."""
 
 from gnr650.training.device import on_gpu, use_channels_last
 from gnr650.training.module import ClassificationModule

@@ -44,9 +44,10 @@ class EpochLog(pl.Callback):
     """Logs one line per finished epoch (rank 0), "Epoch 3/10: train loss 0.4321 acc 85.20%, val loss ... (12.3 s)",
     and keeps each epoch's values in ``epochs`` (every rank), its ``epoch`` counted from 1 (``epoch_label``).
 
-    The module logs the epoch's training metrics in its own ``on_train_epoch_end``, which Lightning calls after the
-    callbacks' (the progress bar's too: that is why the bar cannot show them), so the line is written when the
-    next epoch starts, or when training ends. The time is the epoch's training and validation.
+    Not the bar's postfix: the module logs once per epoch, its training metrics in its own ``on_train_epoch_end``,
+    which Lightning calls after every callback's (the bar's too, which would show the previous epoch's values), and
+    a bar is off in non-interactive runs and log files. So the line is written when the next epoch starts, or when
+    training ends. The time is the epoch's training and validation.
     """
 
     def __init__(self) -> None:

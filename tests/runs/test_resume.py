@@ -332,7 +332,8 @@ def test_sweep_with_a_failed_job_is_completed_by_rerunning_with_skip_done(tmp_pa
     # A quiet console: no advertising, no untrue "will be deleted", one progress line per epoch, a line per job.
     assert "Tip:" not in console and "will be deleted" not in console and "weights_only` was not set" not in console
     assert "TPU available" not in console and "Total params" not in console  # no accelerator roll-call, no table
-    assert sum(line.startswith("Epoch 0/0") for line in console.splitlines()) == 2
+    assert sum(line.startswith("Epoch 1/1 ") for line in console.splitlines()) == 2  # the bar, counted from 1
+    assert sum("[INFO] - Epoch 1/1: train loss " in line for line in console.splitlines()) == 2  # the epoch line
     for n in (0, 1):
         m = first[n]["metrics"]
         accuracies = f"train {m['train/acc']:.2%}, val {m['val/acc']:.2%}, test {m['test/acc']:.2%}"
