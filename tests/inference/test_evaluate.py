@@ -1,22 +1,25 @@
-"""eval.py: a run evaluated on its own data reproduces results.json exactly; other data with the run's classes is
-evaluated with the same keys; other classes are an error naming both lists."""
+"""eval.py: a run evaluated on its own data reproduces results.json exactly; every dataset group (synthetic, image
+folders in both layouts, EuroSAT and CIFAR-10 variants on the real data) composes under eval.yaml and is evaluated
+with the same keys; other classes, or the same in another order, are an error naming both lists."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from gnr650.data import ImageFolderDataModule
 from gnr650.inference import load_run
-from gnr650.inference.evaluate import ClassMismatchError, evaluate, run_dataset
+from gnr650.inference.evaluate import ClassMismatchError, evaluate, hydra_task, run_dataset
+from gnr650.inference.predict import predict_files
 from gnr650.train import train
 from tests.helpers import CONFIG_DIR, ROOT, make_cfg, write_image
 
@@ -64,13 +67,7 @@ def test_other_data_with_the_runs_classes(resnet_run, tmp_path):
         for i in range(5):
             write_image(tmp_path / c / f"{i}.png", rng, size=40)  # another size: resized as training did
     results = evaluate(run, ImageFolderDataModule(str(tmp_path), seed=0, cache_dir=str(tmp_path / "cache")), "cpu")
-    trained = json.loads((resnet_run / "results.json").read_text())
-    assert results["metrics"].keys() == trained["metrics"].keys()
-    for split, size in results["data"]["sizes"].items():
-        matrix = np.asarray(results["confusion_matrix"][split])
-        assert matrix.sum() == size
-        assert results["metrics"][f"{split}/acc"] == pytest.approx(np.trace(matrix) / size)
-        assert list(results["per_class"][split]) == run.class_names
+    assert_consistent_evaluation(results, resnet_run, run.class_names)
 
 
 def test_class_mismatch_names_both_lists(resnet_run, fake_data, tmp_path):
@@ -96,3 +93,117 @@ def test_eval_config_picks_the_runs_data_or_the_chosen_group_with_the_runs_seed(
     assert chosen.seed == run.config.seed
     seeded = _eval_cfg([f"run={resnet_run}", "dataset=imagefolder", f"dataset.root={tmp_path}", "seed=7"])
     assert run_dataset(run, seeded).seed == 7
+
+
+def assert_consistent_evaluation(results: dict, run_dir: Path, classes: list[str]) -> None:
+    """results.json's metric keys; per split: the confusion matrix counts the split's images, the accuracy is its
+    trace share, the per-class accuracies name the run's classes in its order."""
+    trained = json.loads((run_dir / "results.json").read_text())
+    assert results["metrics"].keys() == trained["metrics"].keys()
+    assert results["data"]["classes"] == classes
+    for split, size in results["data"]["sizes"].items():
+        matrix = np.asarray(results["confusion_matrix"][split])
+        assert matrix.shape == (len(classes), len(classes)) and matrix.sum() == size
+        assert results["metrics"][f"{split}/acc"] == pytest.approx(np.trace(matrix) / size)
+        assert list(results["per_class"][split]) == classes
+
+
+def assert_reproduces_results_json(results: dict, run_dir: Path) -> None:
+    """The same data as training's final evaluation: the same counts, the same metrics."""
+    trained = json.loads((run_dir / "results.json").read_text())
+    assert results["data"]["sizes"] == trained["data"]["sizes"]
+    assert results["confusion_matrix"] == trained["confusion_matrix"]
+    assert results["metrics"] == pytest.approx(trained["metrics"], abs=1e-6)
+
+
+def eval_task(overrides: list[str], out_dir: Path) -> dict:
+    """``eval.py overrides`` in process (on the CPU): hydra_task on configs/eval.yaml, writing into ``out_dir``."""
+    cfg = _eval_cfg(["accelerator=cpu", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+    results = hydra_task(cfg)
+    assert json.loads((out_dir / "eval_results.json").read_text())["metrics"] == results["metrics"]
+    return results
+
+
+def write_class_folders(root: Path, classes: list[str], per_class: int, size: int = 32) -> None:
+    rng = np.random.default_rng(1)
+    for c in classes:
+        for i in range(per_class):
+            write_image(root / c / f"{i}.png", rng, size=size)
+
+
+@pytest.mark.parametrize("group", sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml")))
+def test_every_dataset_group_resolves_under_the_eval_config(group, tmp_path):
+    """Every interpolation of the group (its own, base/dataset.yaml's, paths') has a value under eval.yaml; the
+    processes sharing the memory budget are the one evaluation runs, and still train.py's trainer.devices."""
+    dataset = OmegaConf.to_container(_eval_cfg(["run=x", f"dataset={group}"]).dataset, resolve=True)
+    assert dataset["devices"] == 1 and dataset["eval_batch_size"] == 512
+    trained = make_cfg(["trainer=ddp", "trainer.devices=3", f"dataset={group}"], tmp_path)
+    assert OmegaConf.to_container(trained.dataset, resolve=True)["devices"] == 3
+
+
+def test_eval_py_on_an_image_folder_with_the_runs_classes(resnet_run, tmp_path):
+    """README's command for new data; a <class>/ folder is split 60/20/20 (seeded) and every split is evaluated,
+    so every image counts once; the results land in <run dir>/eval/<time>/."""
+    run = load_run(resnet_run)
+    write_class_folders(tmp_path / "data", run.class_names, per_class=5, size=40)  # another size: resized
+    before = set((resnet_run / "eval").glob("*/eval_results.json"))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), f"run={resnet_run}", "dataset=imagefolder"]
+        + [f"dataset.root={tmp_path / 'data'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (written,) = set((resnet_run / "eval").glob("*/eval_results.json")) - before
+    results = json.loads(written.read_text())
+    assert results["dataset"] == "imagefolder"
+    n = len(run.class_names)
+    assert results["data"]["sizes"] == {"train": 3 * n, "val": n, "test": n}
+    assert_consistent_evaluation(results, resnet_run, run.class_names)
+
+
+def test_a_pre_split_image_folder_is_evaluated_split_by_split_as_predict_classifies_it(resnet_run, tmp_path):
+    """train/val/test/<class>/ folders are evaluated as they are; each confusion matrix is the one the run's
+    predictions (gnr650-predict's) on that split's files give."""
+    run = load_run(resnet_run)
+    counts = {"train": 4, "val": 3, "test": 2}
+    for split, per_class in counts.items():
+        write_class_folders(tmp_path / "data" / split, run.class_names, per_class)
+    results = eval_task([f"run={resnet_run}", "dataset=imagefolder", f"dataset.root={tmp_path / 'data'}"], tmp_path)
+    assert results["data"]["sizes"] == {s: n * len(run.class_names) for s, n in counts.items()}
+    assert_consistent_evaluation(results, resnet_run, run.class_names)
+    for split in counts:
+        files = sorted((tmp_path / "data" / split).rglob("*.png"))
+        matrix = np.zeros((len(run.class_names),) * 2, dtype=int)
+        for p in predict_files(run, files, topk=1):
+            matrix[run.class_names.index(Path(p.file).parent.name), run.class_names.index(p.classes[0])] += 1
+        assert results["confusion_matrix"][split] == matrix.tolist()
+
+
+def test_the_synthetic_group_reproduces_the_run_and_its_variants_are_other_data(resnet_run, tmp_path):
+    """dataset=synthetic with the run's settings and seed is the run's data; a variant has its own sizes."""
+    assert_reproduces_results_json(eval_task([f"run={resnet_run}", "dataset=synthetic"], tmp_path / "same"), resnet_run)
+    other = eval_task([f"run={resnet_run}", "dataset=synthetic", "dataset.test_per_class=3", "seed=5"], tmp_path)
+    assert other["data"]["sizes"] == {"train": 64, "val": 32, "test": 12} and other["config"]["seed"] == 5
+    assert_consistent_evaluation(other, resnet_run, load_run(resnet_run).class_names)
+
+
+def test_other_class_names_through_eval_are_an_error_naming_both_lists(resnet_run, fake_data, tmp_path):
+    with pytest.raises(ClassMismatchError) as error:
+        eval_task([f"run={resnet_run}", "dataset=imagefolder", f"dataset.root={fake_data / 'folder'}"], tmp_path)
+    assert str(["birds", "cats", "dogs"]) in str(error.value)
+    assert str(load_run(resnet_run).class_names) in str(error.value)
+    assert not (tmp_path / "eval_results.json").exists()
+
+
+def test_the_runs_classes_in_another_order_are_an_error(unsorted_class_run, tmp_path):
+    """Image folders come in sorted order (class_10 before class_2): evaluating would mislabel, so it stops."""
+    classes = load_run(unsorted_class_run).class_names
+    write_class_folders(tmp_path / "data", classes, per_class=5)
+    with pytest.raises(ClassMismatchError, match="the same names in another order") as error:
+        eval_task([f"run={unsorted_class_run}", "dataset=imagefolder", f"dataset.root={tmp_path / 'data'}"], tmp_path)
+    assert str(sorted(classes)) in str(error.value) and str(classes) in str(error.value)
