@@ -21,7 +21,15 @@ from gnr650.inference import load_run
 from gnr650.inference.evaluate import ClassMismatchError, evaluate, hydra_task, run_dataset
 from gnr650.inference.predict import predict_files
 from gnr650.train import train
-from tests.helpers import CONFIG_DIR, ROOT, make_cfg, write_image
+from tests.helpers import (
+    CIFAR_CLASSES,
+    CONFIG_DIR,
+    EUROSAT_CLASSES,
+    ROOT,
+    make_cfg,
+    real_data_dir,
+    write_image,
+)
 
 
 def test_eval_py_on_the_runs_own_data_reproduces_results_json(vit_run, tmp_path):
@@ -207,3 +215,71 @@ def test_the_runs_classes_in_another_order_are_an_error(unsorted_class_run, tmp_
     with pytest.raises(ClassMismatchError, match="the same names in another order") as error:
         eval_task([f"run={unsorted_class_run}", "dataset=imagefolder", f"dataset.root={tmp_path / 'data'}"], tmp_path)
     assert str(sorted(classes)) in str(error.value) and str(classes) in str(error.value)
+
+
+def on_real_data(test):
+    """Marks ``test`` realdata, skipped where GNR650_DATA_DIR does not point at the real data."""
+    skip = pytest.mark.skipif(real_data_dir() is None, reason="GNR650_DATA_DIR does not point at the real data")
+    return pytest.mark.realdata(skip(test))
+
+
+def _train_on_real_data(root: Path, *overrides: str) -> Path:
+    """A one-epoch ResNet-18 (random init, 32 px) on a small real data set."""
+    train(make_cfg(["debug=smoke", "model=resnet18", "trainer.max_epochs=1", *overrides], root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def eurosat_run(tmp_path_factory) -> Path:
+    return _train_on_real_data(tmp_path_factory.mktemp("eurosat"), "dataset=eurosat", "dataset.fraction=0.02")
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory) -> Path:
+    return _train_on_real_data(
+        tmp_path_factory.mktemp("cifar"), "dataset=cifar10-subset", "dataset.per_class=2", "dataset.val_per_class=2"
+    )
+
+
+@pytest.mark.parametrize(
+    "dataset",
+    [
+        ["dataset=eurosat", "dataset.fraction=0.02"],
+        ["dataset=imagefolder", "dataset.root=${paths.data_dir}/eurosat/2750", "dataset.fraction=0.02"],
+    ],
+    ids=["eurosat", "imagefolder"],
+)
+@on_real_data
+def test_eurosat_chosen_as_the_run_had_it_reproduces_the_run(eurosat_run, dataset, tmp_path):
+    """The run's fraction and seed, through the eurosat group or EuroSAT's class folders as an image folder
+    (the same seeded subset and split): training's own final evaluation."""
+    assert_reproduces_results_json(eval_task([f"run={eurosat_run}", *dataset], tmp_path), eurosat_run)
+
+
+@on_real_data
+def test_eurosat_with_another_fraction(eurosat_run, tmp_path):
+    """dataset.fraction=0.05: 5% of each class (rounded), each class split 60/20/20 (the last part takes the rest)."""
+    results = eval_task([f"run={eurosat_run}", "dataset=eurosat", "dataset.fraction=0.05"], tmp_path)
+    expected = {"train": 0, "val": 0, "test": 0}
+    for class_dir in sorted((real_data_dir() / "eurosat" / "2750").iterdir()):
+        n = round(len(list(class_dir.glob("*.jpg"))) * 0.05)
+        expected["train"] += round(n * 0.6)
+        expected["val"] += round(n * 0.2)
+        expected["test"] += n - round(n * 0.6) - round(n * 0.2)
+    assert results["data"]["sizes"] == expected
+    assert_consistent_evaluation(results, eurosat_run, EUROSAT_CLASSES)
+
+
+@on_real_data
+def test_cifar_subset_with_other_per_class_counts_keeps_the_whole_test_split(cifar_run, tmp_path):
+    """per_class / val_per_class change train and val; test is all 10,000 test images in both, so its metrics
+    are the run's."""
+    results = eval_task(
+        [f"run={cifar_run}", "dataset=cifar10-subset", "dataset.per_class=5", "dataset.val_per_class=3"], tmp_path
+    )
+    assert results["data"]["sizes"] == {"train": 50, "val": 30, "test": 10_000}
+    assert_consistent_evaluation(results, cifar_run, CIFAR_CLASSES)
+    trained = json.loads((cifar_run / "results.json").read_text())
+    assert results["confusion_matrix"]["test"] == trained["confusion_matrix"]["test"]
+    for key in ("test/acc", "test/acc_macro", "test/loss"):
+        assert results["metrics"][key] == pytest.approx(trained["metrics"][key], abs=1e-6)
