@@ -30,3 +30,10 @@ def vit_run(tmp_path_factory) -> Path:
 def adapted_run(request, tmp_path_factory) -> Path:
     """A ViT run whose strategy adds to the network (LoRA adapters, VPT prompts): its checkpoint holds them."""
     return _train(tmp_path_factory.mktemp(request.param), "vit_ti16", f"finetune={request.param}", "callbacks=none")
+
+
+@pytest.fixture(scope="session")
+def unsorted_class_run(tmp_path_factory) -> Path:
+    """Synthetic classes class_0 ... class_11: their order is not their names' sorted order (class_10 before
+    class_2), the order image folders give."""
+    return _train(tmp_path_factory.mktemp("runs"), "resnet18", "dataset.num_classes=12", "dataset.per_class=4")
