@@ -27,7 +27,8 @@ from gnr650.data import (
     decoded_store,
 )
 from gnr650.data.folders import DataNotFoundError
-from gnr650.data.images import ImageDecodeError
+from gnr650.data.images import ImageDecodeError, decode_images
+from gnr650.data.storage import SplitStorage
 from gnr650.finetune.strategies import StrategyError
 from gnr650.models import WeightsError, build_resnet18, build_vit
 from gnr650.runs.preflight import PreflightError
@@ -389,6 +390,22 @@ def test_skip_unreadable_trains_on_the_rest_with_one_warning(tmp_path, caplog, m
     cfg = make_cfg([*overrides, "dataset.skip_unreadable=true"], tmp_path / "out")
     results = train(cfg)
     assert results["status"] == "completed" and sum(results["data"]["sizes"].values()) == 3 * 8
+
+
+def test_unreadable_images_without_a_writable_cache(tmp_path, monkeypatch):
+    """Decoded straight into memory (no store): the same one error, or the same split without them."""
+    root = class_folders(tmp_path / "data", classes=("a",), n=4)
+    bad = write_unreadable(root, 3)
+    files = sorted(root.glob("a/*"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/gnr650-no-xdg")
+    storage = SplitStorage("memory", cache_dir="/proc/gnr650-no-cache")  # not even root can make these
+    with pytest.raises(ImageDecodeError) as err:
+        decoded_store.decoded_split("ro", files, [0] * len(files), storage)
+    assert {path for path, _ in err.value.unreadable} == {str(p) for p in bad}
+    split = decoded_store.decoded_split("ro", files, list(range(len(files))), storage, skip_unreadable=True)
+    good = [i for i, f in enumerate(files) if f not in bad]
+    assert split.files == [str(files[i]) for i in good] and split.labels.tolist() == good
+    assert torch.equal(split.images, decode_images([files[i] for i in good])) and split.skipped == sorted(map(str, bad))
 
 
 def test_store_header_holds_any_number_of_left_out_files(tmp_path):

@@ -238,7 +238,7 @@ def decoded_splits(
         except ImageDecodeError as e:
             unreadable += e.unreadable
     if unreadable:
-        raise unreadable_error(unreadable)
+        raise unreadable_error(sorted(unreadable))
     skipped = [f for split in splits.values() for f in split.skipped]
     if skipped:
         log.warning(
@@ -287,32 +287,33 @@ def decoded_split(
     target, free, free_dir = _writable_with_room(dirs, HEADER_BYTES + nbytes)
     where = storage.choose(tag, nbytes, _describe(shape), free, str(free_dir) if free_dir else None)
     warn_mixed_sizes([files[i] for i in keep], [sizes[i] for i in keep], size)
+    if unreadable and not skip_unreadable:  # to name every bad file, the others are decoded too (nothing stored)
+        found_bad: list[tuple[int, str]] = []
+        for _ in decode_chunks([files[i] for i in keep], size, unreadable=found_bad):
+            pass
+        raise unreadable_error(_named(files, unreadable + [(keep[j], reason) for j, reason in found_bad]))
     if target is None:
         log.warning(
             "No cache folder among %s can take the decoded %s; decoding into memory without caching it.",
             [str(d) for d in dirs],
             tag,
         )
-        found_bad: list[tuple[int, str]] = []
+        found_bad = []
         images = decode_into_memory([files[i] for i in keep], size, unreadable=found_bad)
         unreadable += [(keep[j], reason) for j, reason in found_bad]
-        if unreadable and not skip_unreadable:
+        if found_bad and not skip_unreadable:
             raise unreadable_error(_named(files, unreadable))
         bad = {i for i, _ in unreadable}
-        images = images[[j for j, i in enumerate(keep) if i not in bad]] if found_bad else images
-        return _split(images, files, labels_t, sorted(bad), where)
+        return _split(images[[j for j, i in enumerate(keep) if i not in bad]], files, labels_t, sorted(bad), where)
     with building(target, name):
         found = find_store([target], name, key)
-        while found is None:
+        while found is None:  # a second pass only when decoding finds files whose header read
             log.info("Decoding %s (%s) into %s", tag, _describe((len(keep), 3, *size)), target / name)
             found_bad = []
             chunks = decode_chunks([files[i] for i in keep], size, unreadable=found_bad)
+            dropped = sorted(set(range(len(files))) - set(keep))
             try:
-                dropped = sorted(set(range(len(files))) - set(keep))
-                abandon = bool(unreadable) and not skip_unreadable  # decoded only to find every bad file
-                found = write_store(
-                    target / name, key, (len(keep), 3, *size), _readable(chunks, found_bad, abandon), dropped
-                )
+                found = write_store(target / name, key, (len(keep), 3, *size), _readable(chunks, found_bad), dropped)
             except _FoundUnreadable:
                 unreadable += [(keep[j], reason) for j, reason in found_bad]
                 if not skip_unreadable:
@@ -327,10 +328,10 @@ class _FoundUnreadable(Exception):
     """Raised by ``_readable`` after the last chunk, to abandon a store that holds black images for bad files."""
 
 
-def _readable(chunks: Iterator[np.ndarray], found_bad: list, abandon: bool) -> Iterator[np.ndarray]:
-    """``chunks``, then ``_FoundUnreadable`` if decoding them found a bad file (or always, with ``abandon``)."""
+def _readable(chunks: Iterator[np.ndarray], found_bad: list) -> Iterator[np.ndarray]:
+    """``chunks``, then ``_FoundUnreadable`` if decoding them found a bad file."""
     yield from chunks
-    if found_bad or abandon:
+    if found_bad:
         raise _FoundUnreadable
 
 
