@@ -133,10 +133,12 @@ def missing_option_hint(error: MissingConfigException) -> str | None:
     if group.startswith("hydra/"):
         return None  # Hydra's plugins: its message names the missing plugin's group
     options = list(error.options)
-    hints = [f"{group}={o}" for o in difflib.get_close_matches(option, options, n=3)]
     top = TOP_BLOCKS.fullmatch(option)
     if group == "finetune" and top and "top4" in options:
-        hints.insert(0, f"finetune=top4 finetune.train_blocks={top.group(1)} (the last {top.group(1)} blocks)")
+        k = top.group(1)  # the name too, so that results.json and the summaries say top{k}
+        hints = [f"finetune=top4 finetune.train_blocks={k} finetune.name=top{k} (the last {k} blocks)"]
+    else:
+        hints = [f"{group}={o}" for o in difflib.get_close_matches(option, options, n=3)]
     return f"{group}={option}: the group '{group}' has no option '{option}'. Options: {', '.join(options)}." + (
         f" Did you mean {' or '.join(hints)}?" if hints else ""
     )
