@@ -1,8 +1,11 @@
 """Entry point: ``python eval.py run=<run dir> [dataset=<group> dataset.root=...]``; see configs/eval.yaml."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
+from gnr650.config import run_checked
 from gnr650.inference.evaluate import hydra_task
 from gnr650.runs import prepare_process
 
@@ -15,4 +18,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_checked(main, Path(__file__).resolve().parent / "configs", "eval")

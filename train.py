@@ -1,8 +1,11 @@
 """Entry point: ``python train.py [overrides]``; see README.md and configs/."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
+from gnr650.config import run_checked
 from gnr650.runs import prepare_process
 from gnr650.train import hydra_task
 
@@ -15,4 +18,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_checked(main, Path(__file__).resolve().parent / "configs", "train")

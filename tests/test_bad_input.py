@@ -4,6 +4,7 @@ conversion; never a crash deep in torch, and nothing already computed is lost.""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import subprocess
@@ -23,9 +24,11 @@ from gnr650.data import (
     EuroSATDataModule,
     ImageFolderDataModule,
     SyntheticDataModule,
+    decoded_store,
 )
 from gnr650.data.folders import DataNotFoundError
-from gnr650.data.images import ImageDecodeError
+from gnr650.data.images import ImageDecodeError, decode_images
+from gnr650.data.storage import SplitStorage
 from gnr650.finetune.strategies import StrategyError
 from gnr650.models import WeightsError, build_resnet18, build_vit
 from gnr650.runs.preflight import PreflightError
@@ -331,6 +334,87 @@ def test_corrupt_image_is_named(tmp_path):
     bad.write_bytes(bad.read_bytes()[:100])
     with pytest.raises(ImageDecodeError, match=str(bad)):
         ImageFolderDataModule(root=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache")).setup()
+
+
+def write_unreadable(folder: Path, n: int) -> list[Path]:
+    """``n`` broken .jpg files spread over ``folder``'s class folders: empty, text, and truncated JPEGs (whose
+    header reads, so only decoding finds them)."""
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    bad = []
+    for i in range(n):
+        path = classes[i % len(classes)] / f"bad{i:02d}.jpg"
+        if i % 3 == 0:
+            path.write_bytes(b"")
+        elif i % 3 == 1:
+            path.write_text("not an image")
+        else:
+            Image.fromarray(PIXELS).save(path, quality=95)
+            path.write_bytes(path.read_bytes()[:-200])
+        bad.append(path)
+    return bad
+
+
+def test_every_unreadable_image_is_named_in_one_error(tmp_path):
+    root = class_folders(tmp_path / "data", classes=("a", "b", "c"), n=8)
+    bad = write_unreadable(root, 23)
+    with pytest.raises(ImageDecodeError) as err:
+        load(root, tmp_path)
+    message = str(err.value)
+    assert message.startswith("23 image files cannot be decoded") and "... and 3 more" in message
+    assert sum(f"'{p}'" in message for p in bad) == 20 and "dataset.skip_unreadable=true" in message
+    assert {path for path, _ in err.value.unreadable} == {str(p) for p in bad}  # all splits, truncated ones too
+    assert err.value.__cause__ is None and err.value.__context__ is None
+
+
+def test_skip_unreadable_trains_on_the_rest_with_one_warning(tmp_path, caplog, monkeypatch):
+    root = class_folders(tmp_path / "data", classes=("a", "b", "c"), n=8)
+    bad = write_unreadable(root, 4)
+    with caplog.at_level(logging.WARNING, logger="gnr650.data.decoded_store"):
+        dm = load(root, tmp_path, skip_unreadable=True)
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and "Left out 4 unreadable image files" in warnings[0]
+    assert all(f"'{p}'" in warnings[0] for p in bad)
+    files = [f for s in dm.splits.values() for f in s.files]
+    assert sorted(files) == sorted(str(p) for p in root.glob("*/*.png"))  # every readable file, once
+    for split in dm.splits.values():  # labels still belong to their files
+        assert [dm.class_names[i] for i in split.labels.tolist()] == [Path(f).parent.name for f in split.files]
+        assert len(split.images) == len(split.files)
+    # The store, keyed by the setting, is reused (nothing decoded) and still leaves them out ...
+    monkeypatch.setattr(decoded_store, "decode_chunks", lambda *a, **k: pytest.fail("decoded again"))
+    again = load(root, tmp_path, skip_unreadable=True)
+    assert {k: s.files for k, s in again.splits.items()} == {k: s.files for k, s in dm.splits.items()}
+    monkeypatch.undo()
+    with pytest.raises(ImageDecodeError, match="4 image files"):  # ... and never serves the run that did not ask
+        load(root, tmp_path)
+    overrides = ["debug=smoke", "model=resnet18", "dataset=imagefolder", f"dataset.root={root}"]
+    cfg = make_cfg([*overrides, "dataset.skip_unreadable=true"], tmp_path / "out")
+    results = train(cfg)
+    assert results["status"] == "completed" and sum(results["data"]["sizes"].values()) == 3 * 8
+
+
+def test_unreadable_images_without_a_writable_cache(tmp_path, monkeypatch):
+    """Decoded straight into memory (no store): the same one error, or the same split without them."""
+    root = class_folders(tmp_path / "data", classes=("a",), n=4)
+    bad = write_unreadable(root, 3)
+    files = sorted(root.glob("a/*"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/gnr650-no-xdg")
+    storage = SplitStorage("memory", cache_dir="/proc/gnr650-no-cache")  # not even root can make these
+    with pytest.raises(ImageDecodeError) as err:
+        decoded_store.decoded_split("ro", files, [0] * len(files), storage)
+    assert {path for path, _ in err.value.unreadable} == {str(p) for p in bad}
+    split = decoded_store.decoded_split("ro", files, list(range(len(files))), storage, skip_unreadable=True)
+    good = [i for i, f in enumerate(files) if f not in bad]
+    assert split.files == [str(files[i]) for i in good] and split.labels.tolist() == good
+    assert torch.equal(split.images, decode_images([files[i] for i in good])) and split.skipped == sorted(map(str, bad))
+
+
+def test_store_header_holds_any_number_of_left_out_files(tmp_path):
+    dropped = list(range(5000, 7000))  # about 10 KiB of JSON: more than one header block
+    images = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)
+    written = decoded_store.write_store(tmp_path / "s.u8", "key", images.shape, iter([images]), dropped)
+    found = decoded_store.read_store(tmp_path / "s.u8", "key")
+    assert found == written and found.dropped == dropped and found.offset % decoded_store.HEADER_BYTES == 0
+    assert torch.equal(decoded_store.open_store(found, in_memory=True), torch.from_numpy(images))
 
 
 def test_empty_class_folder(tmp_path):

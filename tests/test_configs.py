@@ -105,6 +105,7 @@ def test_dataset_options_share_their_loader_keys_from_one_base(dataset, tmp_path
         "memory_budget_gb",
         "decode_size",
         "devices",
+        "skip_unreadable",
     }
     resolved = cfg.dataset
     assert (resolved.batch_size, resolved.eval_batch_size, resolved.seed) == (7, 9, 5)

@@ -5,6 +5,8 @@ The values and their comments stay in the YAML files; the schemas give the types
 by the YAML). configs/train.yaml lists ``base_train`` first in its defaults, and every
 configs/finetune/*.yaml lists ``/schema/finetune@_here_``. The groups built by ``_target_``
 (dataset, model, trainer, callbacks, logger) have no schema: their constructors' signatures check them.
+Hydra adds a ``+key`` even to a typed node (its force-add lifts struct mode), so gnr650/config/overrides.py refuses
+keys that are not fields here, or parameters of a node's ``_target_``, before the task runs.
 Values that are one of several types (``train_blocks``: int or ``all``) are ``Any`` here, because
 OmegaConf 2.3 has no unions; the code that reads them checks what they mean.
 """

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from gnr650.data.datamodule import DecodedImageDataModule, Split
-from gnr650.data.decoded_store import decoded_split
+from gnr650.data.decoded_store import decoded_splits
 from gnr650.data.folders import missing_data, scan_class_folders
 from gnr650.data.splits import sample_per_class
 from gnr650.data.validation import is_count
@@ -52,15 +52,13 @@ class Cifar10SubsetDataModule(DecodedImageDataModule):
         if folder is not None and not (self.root / "cifar-10-batches-py").is_dir():
             # Only the sampled training images are decoded (labels come from the folder names).
             files, labels, _ = scan_class_folders(folder / "train", CIFAR10_CLASSES)
-            splits = {
-                name: decoded_split(
-                    f"cifar10-{name}", [files[i] for i in idx.tolist()], [labels[i] for i in idx.tolist()], self.storage
-                )
+            parts = {
+                name: (f"cifar10-{name}", [files[i] for i in idx.tolist()], [labels[i] for i in idx.tolist()])
                 for name, idx in zip(("train", "val"), self._sample(torch.as_tensor(labels)))
             }
             files, labels, _ = scan_class_folders(folder / "test", CIFAR10_CLASSES)
-            splits["test"] = decoded_split("cifar10-test", files, labels, self.storage)
-            return splits, CIFAR10_CLASSES
+            parts["test"] = ("cifar10-test", files, labels)
+            return decoded_splits(parts, self.storage, self.skip_unreadable), CIFAR10_CLASSES
         if not (self.root / "cifar-10-batches-py").is_dir() and not self.download:
             raise missing_data(
                 "CIFAR-10",

@@ -27,13 +27,15 @@ EXACT_STATS_MAX_ELEMENTS = 2**28  # 1 GB as float32
 
 @dataclass
 class Split:
-    """One split: uint8 images [N, 3, H, W], int64 labels [N], the source files when known, and where the images
-    are (``memory``, or ``disk``: a tensor over a memory-mapped store, see ``gnr650.data.decoded_store``)."""
+    """One split: uint8 images [N, 3, H, W], int64 labels [N], the source files when known, where the images
+    are (``memory``, or ``disk``: a tensor over a memory-mapped store, see ``gnr650.data.decoded_store``), and the
+    files left out as unreadable (``dataset.skip_unreadable``)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     files: list[str] = field(default_factory=list)
     storage: str = "memory"
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.labels.numel()
@@ -142,6 +144,7 @@ class DecodedImageDataModule(pl.LightningDataModule):
         memory_budget_gb: float | None = None,
         decode_size=None,
         devices=1,
+        skip_unreadable: bool = False,
     ):
         super().__init__()
         if not (is_count(batch_size) and is_count(eval_batch_size)):
@@ -155,6 +158,8 @@ class DecodedImageDataModule(pl.LightningDataModule):
         # Where decoded image files go (``devices``: the trainer's, as each process on a node holds its own
         # in-memory copy); data sets generated or read into memory whole ignore it.
         self.storage = SplitStorage(storage, memory_budget_gb, decode_size, cache_dir, devices)
+        # Unreadable image files: false = one error naming them all, true = trained without (one warning names them).
+        self.skip_unreadable = bool(skip_unreadable)
         self.splits: dict[str, Split] = {}
         # What the loaders serve in place of ``splits`` when set: copies on the GPU, or cached
         # features (gnr650.finetune.feature_cache). ``split()`` keeps giving the images, on the CPU.

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from gnr650.data.datamodule import SPLITS, DecodedImageDataModule
-from gnr650.data.decoded_store import decoded_split
+from gnr650.data.decoded_store import decoded_splits
 from gnr650.data.folders import missing_data, scan_class_folders
 from gnr650.data.splits import class_balanced_subset, stratified_split
 from gnr650.data.validation import check_fraction, check_ratios
@@ -87,7 +87,8 @@ class EuroSATDataModule(DecodedImageDataModule):
         else:
             keep = class_balanced_subset(labels_t, self.fraction, self.seed)
             parts = [keep[p] for p in stratified_split(labels_t[keep], self.ratios, self.seed)]
-        return {
-            name: decoded_split(f"eurosat-{name}", [files[i] for i in p.tolist()], labels_t[p].tolist(), self.storage)
+        parts = {
+            name: (f"eurosat-{name}", [files[i] for i in p.tolist()], labels_t[p].tolist())
             for name, p in zip(SPLITS, parts)
-        }, class_names
+        }
+        return decoded_splits(parts, self.storage, self.skip_unreadable), class_names

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from gnr650.data.datamodule import SPLITS, DecodedImageDataModule
-from gnr650.data.decoded_store import decoded_split
+from gnr650.data.decoded_store import decoded_splits
 from gnr650.data.folders import missing_data, scan_class_folders
 from gnr650.data.splits import class_balanced_subset, stratified_split
 from gnr650.data.validation import check_fraction, check_ratios
@@ -55,7 +55,8 @@ class ImageFolderDataModule(DecodedImageDataModule):
             keep = class_balanced_subset(labels_t, self.fraction, self.seed)
             split = stratified_split(labels_t[keep], self.ratios, self.seed)
             parts = {s: (files, labels_t, keep[p]) for s, p in zip(SPLITS, split)}
-        return {
-            s: decoded_split(f"imagefolder-{s}", [files[i] for i in idx.tolist()], labels_t[idx].tolist(), self.storage)
+        parts = {
+            s: (f"imagefolder-{s}", [files[i] for i in idx.tolist()], labels_t[idx].tolist())
             for s, (files, labels_t, idx) in parts.items()
-        }, class_names
+        }
+        return decoded_splits(parts, self.storage, self.skip_unreadable), class_names

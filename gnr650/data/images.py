@@ -19,8 +19,38 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+# Unreadable files a message lists by name; the rest are counted.
+LISTED_UNREADABLE = 20
+
+
 class ImageDecodeError(RuntimeError, UserError):
-    """An image file could not be read; the message names the file and what to do."""
+    """Image files could not be read; the message names them and what to do. ``unreadable``: (file, reason) of each."""
+
+    def __init__(self, message: str, unreadable: Sequence[tuple[str, str]] = ()):
+        super().__init__(message)
+        self.unreadable = list(unreadable)
+
+
+def unreadable_error(unreadable: Sequence[tuple[str, str]]) -> ImageDecodeError:
+    """One error for every unreadable file of a data set: the first ``LISTED_UNREADABLE`` with their reasons, the
+    count of the rest, and the two fixes."""
+    listed = "\n".join(f"  - '{path}': {reason}" for path, reason in unreadable[:LISTED_UNREADABLE])
+    more = len(unreadable) - LISTED_UNREADABLE
+    return ImageDecodeError(
+        f"{len(unreadable)} image file{'s' if len(unreadable) != 1 else ''} cannot be decoded (corrupt, truncated, "
+        f"empty or not an image):\n{listed}" + (f"\n  ... and {more} more" if more > 0 else "") + "\n"
+        "Remove or replace them and run again, or add dataset.skip_unreadable=true to train without them.",
+        unreadable,
+    )
+
+
+def _reason(path: str | Path, error: Exception) -> str:
+    """Why a file cannot be read, in words (PIL's message for a zero-byte file or a non-image names neither)."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        return "the file is empty"
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image (no image format recognises its header)"
+    return str(error)
 
 
 def is_image_file(path: Path) -> bool:
@@ -60,9 +90,10 @@ def decode_image(path: str | Path, size: tuple[int, int] | None = None) -> np.nd
             arr = np.asarray(_to_rgb(img), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(
-            f"Cannot decode image '{path}': {e}. The file is corrupt, truncated, empty or not an image; "
-            "remove or replace it and run again."
-        ) from e
+            f"Cannot decode image '{path}': {_reason(path, e)}. The file is corrupt, truncated, empty or not an "
+            "image; remove or replace it and run again.",
+            [(str(path), _reason(path, e))],
+        ) from None
     if size is not None and arr.shape[:2] != tuple(size):
         arr = resize_image(arr, size)
     return arr
@@ -75,9 +106,21 @@ def header_size(path: str | Path) -> tuple[int, int]:
             return img.size[1], img.size[0]
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(
-            f"Cannot read the header of image '{path}': {e}. The file is corrupt, empty or not an image; "
-            "remove or replace it and run again."
-        ) from e
+            f"Cannot read the header of image '{path}': {_reason(path, e)}. The file is corrupt, empty or not an "
+            "image; remove or replace it and run again.",
+            [(str(path), _reason(path, e))],
+        ) from None
+
+
+def read_headers(paths: Sequence[str | Path]) -> tuple[dict[int, tuple[int, int]], list[tuple[int, str]]]:
+    """The [H, W] of each readable file by its index in ``paths``, and (index, reason) of each unreadable one."""
+    sizes, unreadable = {}, []
+    for i, path in enumerate(paths):
+        try:
+            sizes[i] = header_size(path)
+        except ImageDecodeError as e:
+            unreadable.append((i, e.unreadable[0][1]))
+    return sizes, unreadable
 
 
 def resize_image(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -117,20 +160,39 @@ def target_size(sizes: Sequence[tuple[int, int]], decode_size: int | tuple[int, 
 
 
 def decode_chunks(
-    paths: Sequence[str | Path], size: tuple[int, int], threads: int = 4, chunk_bytes: int = 64 << 20
+    paths: Sequence[str | Path],
+    size: tuple[int, int],
+    threads: int = 4,
+    chunk_bytes: int = 64 << 20,
+    unreadable: list[tuple[int, str]] | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode ``paths`` at ``size`` into [k, 3, H, W] uint8 chunks of about ``chunk_bytes``, in order.
 
     One chunk buffer is reused (the consumer must copy or write it before asking for the next), so
-    decoding holds a bounded amount of memory whatever the number of images.
+    decoding holds a bounded amount of memory whatever the number of images. With ``unreadable`` given, a file
+    that cannot be decoded is appended to it as (index, reason) and its image left black, so that one pass finds
+    every bad file; without it, the first one raises its ``ImageDecodeError``.
     """
     per_chunk = max(1, chunk_bytes // (3 * size[0] * size[1]))
     buffer = np.empty((min(per_chunk, len(paths)), 3, *size), dtype=np.uint8)
+
+    def decode(path: str | Path) -> np.ndarray | ImageDecodeError:
+        try:
+            return decode_image(path, size)
+        except ImageDecodeError as e:
+            if unreadable is None:
+                raise
+            return e
+
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for start in range(0, len(paths), per_chunk):
             part = paths[start : start + per_chunk]
-            for j, arr in enumerate(pool.map(lambda p: decode_image(p, size), part)):
-                buffer[j] = arr.transpose(2, 0, 1)
+            for j, arr in enumerate(pool.map(decode, part)):
+                if isinstance(arr, ImageDecodeError):
+                    unreadable.append((start + j, arr.unreadable[0][1]))
+                    buffer[j] = 0
+                else:
+                    buffer[j] = arr.transpose(2, 0, 1)
             yield buffer[: len(part)]
 
 
@@ -163,11 +225,17 @@ def decode_images(
     return decode_into_memory(paths, size, threads)
 
 
-def decode_into_memory(paths: Sequence[str | Path], size: tuple[int, int], threads: int = 4) -> torch.Tensor:
-    """Decode ``paths`` at ``size`` chunk by chunk into one preallocated [N, 3, H, W] uint8 tensor."""
+def decode_into_memory(
+    paths: Sequence[str | Path],
+    size: tuple[int, int],
+    threads: int = 4,
+    unreadable: list[tuple[int, str]] | None = None,
+) -> torch.Tensor:
+    """Decode ``paths`` at ``size`` chunk by chunk into one preallocated [N, 3, H, W] uint8 tensor (``unreadable``:
+    as in ``decode_chunks``)."""
     out = torch.empty(len(paths), 3, *size, dtype=torch.uint8)
     start = 0
-    for chunk in decode_chunks(paths, size, threads):
+    for chunk in decode_chunks(paths, size, threads, unreadable=unreadable):
         out[start : start + len(chunk)] = torch.from_numpy(chunk)
         start += len(chunk)
     return out
