@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +35,17 @@ class ResumeError(RuntimeError, UserError):
     """There is nothing consistent to resume from; the message names the directory or checkpoint."""
 
 
+def _key(override: str) -> str:
+    """The config key an override sets (``+a.b=1`` and ``~a.b`` set ``a.b``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def comparable(overrides: Iterable[Any]) -> list[str]:
     """The overrides that define a run's result, normalised: the last value of each key, sorted, without
     Hydra's or the resume settings."""
     kept = {}
     for o in overrides:
-        key = str(o).split("=", 1)[0].lstrip("+~")
+        key = _key(str(o))
         if key not in HOW_TO_RUN and not key.startswith("hydra"):
             kept[key] = str(o).lstrip("+")
     return sorted(kept.values())
@@ -96,6 +105,24 @@ def sweep_dir(skip_done: Any, overrides: Iterable[Any], default: str) -> str:
         return default
     found = _newest_match(Path(default).parent, "multirun.yaml", overrides, task_key=True)
     return str(found.resolve()) if found else default
+
+
+def _python() -> str:
+    """How the user can start this interpreter: its name when that is what PATH finds, else its full path."""
+    name = os.path.basename(sys.executable)
+    found = shutil.which(name)
+    return name if found and os.path.abspath(found) == os.path.abspath(sys.executable) else sys.executable
+
+
+def continue_command(argv: Sequence[str], multirun: bool) -> str:
+    """The command that continues an interrupted run or sweep (README, "When a run or a sweep dies"): the same
+    command line ``argv`` plus ``resume=true``, or for a sweep's job plus ``skip_done=true``. A command that
+    already names the run to resume (``resume=<run dir>``) is itself the command."""
+    key = "skip_done" if multirun else "resume"
+    given = [a for a in argv[1:] if _key(a) == key]
+    if given and given[-1].split("=", 1)[-1].lower() not in ("true", "false"):
+        return shlex.join([_python(), *argv])
+    return shlex.join([_python(), argv[0], *(a for a in argv[1:] if _key(a) != key), f"{key}=true"])
 
 
 def register_resolvers() -> None:
