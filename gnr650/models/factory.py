@@ -123,11 +123,18 @@ def _create_timm(
         with nullcontext() if reachable else hub_offline():
             return timm.create_model(arch, pretrained=True, **kwargs), "timm-hub"
     except Exception as e:
+        from huggingface_hub import constants
+
         local = f"none in {weights_dir}" if weights_dir else "GNR650_WEIGHTS_DIR is not set"
-        hub = f"the timm hub failed ({first_line(e)})" if reachable else "the timm hub is offline, its cache lacks them"
+        if reachable:
+            hub = f"the timm hub failed ({first_line(e)})"
+        else:
+            why = "is off (HF_HUB_OFFLINE=1)" if constants.is_offline_mode() else "is not reachable"
+            hub = f"the timm hub {why} and its local cache lacks them"
+        other = "" if arch == "vit_tiny_patch16_224" else " (or model=vit_ti16 with its weights there)"
         raise WeightsError(
-            f"No pretrained '{arch}' weights: {local}, and {hub}. Set GNR650_WEIGHTS_DIR=<folder with "
-            f"{arch}.safetensors>, model.weights=<file>, or model.pretrained=false."
+            f"No pretrained '{arch}' weights: {local}; {hub}. Set GNR650_WEIGHTS_DIR=<folder with "
+            f"{arch}.safetensors>{other}, model.weights=<file>, or model.pretrained=false."
         ) from e
 
 
