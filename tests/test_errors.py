@@ -51,7 +51,9 @@ def missing_data(tmp_path: Path) -> list[str]:
     return SMOKE + ["dataset=imagefolder", f"dataset.root={tmp_path / 'no-such-folder'}"]
 
 
-def test_user_error_is_its_message_alone_and_leaves_no_run_dir(hydra_run_dir, tmp_path, capsys, monkeypatch):
+def test_user_error_is_its_message_alone_and_leaves_no_run_dir_unless_hydra_full_error(
+    hydra_run_dir, tmp_path, capsys, monkeypatch
+):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     run = hydra_run_dir(tmp_path / "runs" / "now")
     cfg = make_cfg(missing_data(tmp_path), run)
@@ -63,11 +65,9 @@ def test_user_error_is_its_message_alone_and_leaves_no_run_dir(hydra_run_dir, tm
     assert err.count("error:") == 1 and "Traceback" not in err and "DataNotFoundError" not in err
     assert not run.exists() and (tmp_path / "runs").is_dir()  # the attempt's directory, not its parent
 
-
-def test_hydra_full_error_lets_the_user_error_through_with_its_traceback(hydra_run_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the error as it is, for Hydra to print with its traceback
     with pytest.raises(DataNotFoundError):
-        hydra_task(make_cfg(missing_data(tmp_path), hydra_run_dir(tmp_path / "run")))
+        hydra_task(make_cfg(missing_data(tmp_path), hydra_run_dir(tmp_path / "runs" / "later")))
 
 
 def test_a_wrapped_user_error_is_its_message_alone_and_a_bug_keeps_its_traceback(capsys, monkeypatch):
