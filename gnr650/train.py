@@ -328,7 +328,7 @@ def hydra_task(cfg: DictConfig) -> float | None:
         except Exception as e:
             error = user_error(e)
             if error is not None and not full_tracebacks():
-                log.error("Job failed: %s (its results.json records the error; the sweep goes on)", error)
+                log.error("Job failed (its results.json records the error; the sweep goes on): %s", error)
             else:
                 log.exception("Job failed; its results.json records the error. The sweep goes on.")
             return None
