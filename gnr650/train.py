@@ -293,9 +293,9 @@ def _is_global_zero() -> bool:
 
 
 @contextmanager
-def _reporting_interrupts() -> Iterator[None]:
+def _reporting_interrupts(multirun: bool) -> Iterator[None]:
     """A signal that stopped training: one line on stderr (what was saved, the command that continues) and exit
-    status 128 + the signal's number (SIGINT 130, SIGTERM 143); Ctrl-C before training likewise."""
+    status 128 + the signal's number (SIGINT 130, SIGTERM 143); Ctrl-C outside training likewise."""
     try:
         yield
     except RunInterrupted as e:
@@ -303,7 +303,8 @@ def _reporting_interrupts() -> Iterator[None]:
             print(e, file=sys.stderr, flush=True)
         raise SystemExit(128 + e.signum) from None
     except KeyboardInterrupt:
-        print("Stopped by SIGINT before a checkpoint was saved: start again with the same command.", file=sys.stderr)
+        then = f" Continue the sweep with: {continue_command(sys.argv, multirun)}" if multirun else ""
+        print(f"Stopped by SIGINT outside training; no checkpoint was saved.{then}", file=sys.stderr, flush=True)
         raise SystemExit(128 + signal.SIGINT) from None
 
 
@@ -323,7 +324,7 @@ def hydra_task(cfg: DictConfig) -> float | None:
         results = done
     elif _multirun():
         try:
-            with _reporting_interrupts():
+            with _reporting_interrupts(multirun=True):
                 results = train(cfg)
         except Exception as e:
             error = user_error(e)
@@ -333,7 +334,11 @@ def hydra_task(cfg: DictConfig) -> float | None:
                 log.exception("Job failed; its results.json records the error. The sweep goes on.")
             return None
     else:
-        with _reporting_interrupts(), reporting_user_errors("train.py"), removed_when_unused(out, hydra_files(out)):
+        with (
+            _reporting_interrupts(multirun=False),
+            reporting_user_errors("train.py"),
+            removed_when_unused(out, hydra_files(out)),
+        ):
             results = train(cfg)
     name = cfg.get("optimized_metric")
     return results["metrics"].get(name) if name else None

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import InstantiationException
 
+import gnr650.train
 from gnr650.data.folders import DataNotFoundError
 from gnr650.errors import reporting_user_errors
 from gnr650.models import WeightsError, build_vit
@@ -185,6 +186,26 @@ def test_an_interrupted_sweep_job_says_to_rerun_the_sweep_with_skip_done(hydra_r
     assert line.endswith(f"Continue with: {continue_command(argv, multirun=True)}") and "resume=" not in line
     recorded = json.loads((job / "results.json").read_text())["error"]
     assert recorded.endswith(" -m seed=0,1 " + shlex.join(args) + " skip_done=true")
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_ctrl_c_before_training_is_one_line_and_a_single_run_leaves_no_run_dir(
+    multirun, hydra_run_dir, tmp_path, capsys, monkeypatch
+):
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gnr650.train, "build", interrupted)  # Ctrl-C while the data are decoded
+    argv = ["train.py", *(["-m", "seed=0,1"] if multirun else []), *SMOKE]
+    monkeypatch.setattr(sys, "argv", argv)
+    run = hydra_run_dir(tmp_path / "run")
+    with pytest.raises(SystemExit) as stopped:
+        hydra_task(make_cfg(SMOKE + (["hydra.mode=MULTIRUN"] if multirun else []), run))
+    assert stopped.value.code == 130
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("Stopped by SIGINT outside training; no checkpoint was saved.")
+    assert line.endswith(f"Continue the sweep with: {continue_command(argv, multirun=True)}") == multirun
+    assert run.exists() == multirun  # a sweep keeps its jobs' directories (failed rows in the summary)
 
 
 def test_a_sweep_job_user_error_is_one_log_line_and_the_sweep_goes_on(hydra_run_dir, tmp_path, caplog, monkeypatch):
