@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
 
 import gnr650.train
 from gnr650.data.folders import DataNotFoundError
@@ -69,6 +70,17 @@ def test_user_error_is_its_message_alone_and_leaves_no_run_dir_unless_hydra_full
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the error as it is, for Hydra to print with its traceback
     with pytest.raises(DataNotFoundError):
         hydra_task(make_cfg(missing_data(tmp_path), hydra_run_dir(tmp_path / "runs" / "later")))
+
+
+def test_a_user_error_while_hydra_resolves_the_run_dir_is_its_message_alone(tmp_path, capsys, monkeypatch):
+    """``resume=<missing dir>`` fails in Hydra, before the task: reported there, not with Hydra's traceback."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    cfg = OmegaConf.create({"dir": f"${{gnr650.run_dir:'{tmp_path / 'missing'}',[],'default'}}"})
+    with pytest.raises(SystemExit) as stopped:
+        cfg.dir  # noqa: B018 (resolves it)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"train.py: error: resume={tmp_path / 'missing'}: no such run directory.\n"
 
 
 def test_a_wrapped_user_error_is_its_message_alone_and_a_bug_keeps_its_traceback(capsys, monkeypatch):

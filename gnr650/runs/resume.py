@@ -9,20 +9,21 @@ sweep's jobs or Lightning's DDP launcher, gives the same directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shlex
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
 
-from gnr650.errors import UserError
+from gnr650.errors import UserError, reporting_user_errors
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,23 @@ def continue_command(argv: Sequence[str], multirun: bool) -> str:
     return shlex.join([_python(), argv[0], *(a for a in argv[1:] if _key(a) != key), f"{key}=true"])
 
 
+def _reported(fn: Callable[..., str]) -> Callable[..., str]:
+    """Hydra resolves the run and sweep directories before the task starts, where it would print a UserError
+    (``resume=<missing dir>``) with pages of traceback: report it there as the entry points do."""
+
+    @functools.wraps(fn)
+    def resolver(*args: Any) -> str:
+        with reporting_user_errors(os.path.basename(sys.argv[0])):
+            return fn(*args)
+
+    return resolver
+
+
 def register_resolvers() -> None:
     """``gnr650.run_dir`` / ``gnr650.sweep_dir``, used by configs/hydra/default.yaml: call before Hydra composes."""
     for name, fn in (("gnr650.run_dir", run_dir), ("gnr650.sweep_dir", sweep_dir)):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn, use_cache=True)
+            OmegaConf.register_new_resolver(name, _reported(fn), use_cache=True)
 
 
 def checkpoint_to_resume(
