@@ -6,7 +6,7 @@ interval bounds what it costs: on study 1's 1.4 s CPU epochs, writing the 134 MB
 plus AdamW state) every epoch made each epoch ~10 % slower; a SIGKILL loses at most ``every_s`` plus
 one epoch of training.
 On SIGINT or SIGTERM the run saves at the end of the current batch (a state Lightning resumes
-mid-epoch) and stops with ``RunInterrupted``, a non-zero exit; in an epoch's last batch it saves
+mid-epoch) and stops with ``RunInterrupted`` (train.py: one line, exit 128 + signal); in an epoch's last batch it saves
 after the epoch's validation, checkpoints and logs instead (a run resumed from its last batch
 would skip them). Without this, Ctrl-C lands anywhere (even inside an optimizer step) and loses
 the epoch in progress. With ``RunState`` the resumed run is the uninterrupted one. A second
