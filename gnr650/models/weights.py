@@ -37,7 +37,8 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
     proxy = urllib.request.getproxies().get("https")
     target = urlsplit(proxy) if proxy and not urllib.request.proxy_bypass(hub.hostname or "") else hub
     try:
-        socket.create_connection((target.hostname, target.port or 443), timeout=timeout_s).close()
+        port = target.port or (443 if target.scheme == "https" else 80)
+        socket.create_connection((target.hostname, port), timeout=timeout_s).close()
     except OSError:
         return False
     return True
