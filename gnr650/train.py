@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from gnr650.data import DecodedImageDataModule
 from gnr650.data.images import oversized_warning
+from gnr650.errors import full_tracebacks, reporting_user_errors, user_error
 from gnr650.finetune import StrategyError, count_params, feature_cache, prepare_from_config
 from gnr650.finetune.knn import KNNBank, KNNClassifier
 from gnr650.interpret.callbacks import weights_epoch
@@ -33,6 +38,8 @@ from gnr650.runs import (
     versions,
     write_results,
 )
+from gnr650.runs.resume import continue_command
+from gnr650.runs.run_dirs import hydra_files, removed_when_unused
 from gnr650.runs.trackers import instantiate_loggers, log_run_files
 from gnr650.training import ClassificationModule, DevicePreprocess, epoch_progress_bar, use_channels_last
 from gnr650.training.head_grid import HeadGridModule
@@ -52,6 +59,10 @@ def instantiate_list(node: DictConfig | None) -> list[Any]:
 
 def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -191,6 +202,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             cfg.get("ckpt_path"),
             cfg.last_ckpt_every_s,
             checkpointing=cfg.trainer.get("enable_checkpointing", True),
+            continue_with=continue_command(sys.argv, _multirun()),
         )
         for logger in loggers:  # after run_control: CSVHistory has read a resumed run's metrics.csv before it opens
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -240,8 +252,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["peak_memory"] = peak_memory_mb(trainer.strategy.root_device)
         results["status"] = "completed"
     except BaseException as e:
+        cause = user_error(e) or e  # a constructor's UserError, not Hydra's wrapping of it
         results["status"] = "failed"
-        results["error"] = f"{type(e).__name__}: {e}"
+        results["error"] = f"{type(cause).__name__}: {cause}"
         results["timing"] = {"fit_s": None, "total_s": round(time.perf_counter() - start, 3)}
         raise
     finally:
@@ -300,27 +313,53 @@ def _is_global_zero() -> bool:
     return pl.utilities.rank_zero_only.rank == 0
 
 
+@contextmanager
+def _reporting_interrupts(multirun: bool) -> Iterator[None]:
+    """A signal that stopped training: one line on stderr (what was saved, the command that continues) and exit
+    status 128 + the signal's number (SIGINT 130, SIGTERM 143); Ctrl-C outside training likewise."""
+    try:
+        yield
+    except RunInterrupted as e:
+        if _is_global_zero():
+            print(e, file=sys.stderr, flush=True)
+        raise SystemExit(128 + e.signum) from None
+    except KeyboardInterrupt:
+        then = f" Continue the sweep with: {continue_command(sys.argv, multirun)}" if multirun else ""
+        print(f"Stopped by SIGINT outside training; no checkpoint was saved.{then}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGINT) from None
+
+
 def hydra_task(cfg: DictConfig) -> float | None:
     """What ``train.py`` runs; returns the metric Hydra sweepers optimise (``cfg.optimized_metric``).
 
-    In a multirun a failed job has written its failed results.json; it returns None instead of
-    raising, because Hydra's sweeper would otherwise abort and skip the sweep summary. An interrupt
-    (Ctrl-C, SIGTERM) does stop the sweep. ``skip_done=true``: a job whose results.json completed
-    with the same overrides is not trained again.
+    A UserError is its message alone and exit status 2 (``gnr650.errors``); a run it stops before writing
+    anything leaves no run directory. A signal that stops training is one line and exit status 128 + its
+    number, and stops a sweep too. In a multirun a failed job has written its failed results.json; it returns
+    None instead of raising, because Hydra's sweeper would otherwise abort and skip the sweep summary.
+    ``skip_done=true``: a job whose results.json completed with the same overrides is not trained again.
     """
-    done = completed_results(Path(cfg.paths.output_dir), _overrides()) if cfg.get("skip_done") else None
+    out = Path(cfg.paths.output_dir)
+    done = completed_results(out, _overrides()) if cfg.get("skip_done") else None
     if done is not None:
         log.info("skip_done: %s already completed; not training it again.", cfg.paths.output_dir)
         results = done
-    else:
+    elif _multirun():
         try:
-            results = train(cfg)
-        except RunInterrupted:
-            raise
-        except Exception:
-            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            with _reporting_interrupts(multirun=True):
+                results = train(cfg)
+        except Exception as e:
+            error = user_error(e)
+            if error is not None and not full_tracebacks():
+                log.error("Job failed (its results.json records the error; the sweep goes on): %s", error)
+            else:
                 log.exception("Job failed; its results.json records the error. The sweep goes on.")
-                return None
-            raise
+            return None
+    else:
+        with (
+            _reporting_interrupts(multirun=False),
+            reporting_user_errors("train.py"),
+            removed_when_unused(out, hydra_files(out)),
+        ):
+            results = train(cfg)
     name = cfg.get("optimized_metric")
     return results["metrics"].get(name) if name else None

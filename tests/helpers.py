@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -42,6 +43,8 @@ def make_cfg(overrides: list[str], out_dir: Path) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=QUIET + overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out_dir)  # as Hydra sets it for a job
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.root_dir = str(out_dir)
@@ -53,16 +56,18 @@ def make_cfg(overrides: list[str], out_dir: Path) -> DictConfig:
     return cfg
 
 
-def train_py(args: list[str], root: Path) -> subprocess.Popen:
-    """Start ``train.py args`` as a user would, with its outputs under ``root``."""
+def train_py(args: list[str], root: Path, full_error: bool = True) -> subprocess.Popen:
+    """Start ``train.py args`` as a user would, with its outputs under ``root``; stderr joins stdout.
+    ``full_error``: ``HYDRA_FULL_ERROR=1``, every error with its traceback (else as a user sees them)."""
     root.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={root}"],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+        env={**env, "HYDRA_FULL_ERROR": "1"} if full_error else env,
     )
 
 
@@ -71,6 +76,24 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-3000:]
     return out
+
+
+class SignalAt(pl.Callback):
+    """Sends ``signum`` to this process at the start of training batch ``batch`` of ``epoch``; with ``marker``
+    (a file it creates) only the first time, so that the same command resumes without a second signal."""
+
+    def __init__(self, epoch: int, batch: int, signum: int, marker: str | None = None):
+        self.epoch, self.batch, self.signum = epoch, batch, signum
+        self.marker = Path(marker) if marker else None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
+            return
+        if self.marker:
+            if self.marker.exists():
+                return
+            self.marker.touch()
+        os.kill(os.getpid(), self.signum)
 
 
 def csv_rows(directory: Path) -> list[dict[str, str]]:

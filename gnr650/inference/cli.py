@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from gnr650.errors import UserError, reporting_user_errors
 from gnr650.runs import prepare_process
 
 log = logging.getLogger("gnr650")
@@ -18,19 +19,13 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: no CUDA device is available here; use --device cpu.")
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu.")
     return torch.device(name)
 
 
-def _fail(prog: str, error: Exception) -> SystemExit:
-    """Bad input: the message alone (it says what to do), exit status 2, no traceback."""
-    return SystemExit(f"{prog}: error: {error}")
-
-
 def predict_main(argv: list[str] | None = None) -> int:
-    from gnr650.inference.predict import PredictInputError, collect_images, predict_files, write_predictions
-    from gnr650.inference.trained_run import RunDirError, load_run
-    from gnr650.models import WeightsError
+    from gnr650.inference.predict import collect_images, predict_files, write_predictions
+    from gnr650.inference.trained_run import load_run
 
     parser = argparse.ArgumentParser(
         prog="gnr650-predict", description="Predict classes for images with a trained run's best checkpoint."
@@ -48,12 +43,10 @@ def predict_main(argv: list[str] | None = None) -> int:
     prepare_process()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     attention_dir = args.out.with_name(f"{args.out.stem}_attention") if args.attention else None
-    try:
+    with reporting_user_errors(parser.prog):
         run = load_run(args.run_dir).to(_device(args.device))
         files = collect_images(args.inputs)
         predictions = predict_files(run, files, args.topk, args.batch_size, attention_dir)
-    except (PredictInputError, RunDirError, WeightsError) as e:
-        raise _fail(parser.prog, e) from e
     write_predictions(args.out, predictions, min(args.topk, len(run.class_names)))
     unreadable = [p for p in predictions if p.error]
     log.info("%d images predicted -> %s", len(predictions) - len(unreadable), args.out)
@@ -63,9 +56,8 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    from gnr650.inference.export import ONNX_OPSET, ExportError, export_onnx, export_safetensors
-    from gnr650.inference.trained_run import RunDirError, load_run
-    from gnr650.models import WeightsError
+    from gnr650.inference.export import ONNX_OPSET, export_onnx, export_safetensors
+    from gnr650.inference.trained_run import load_run
 
     parser = argparse.ArgumentParser(
         prog="gnr650-export", description="Export a trained run's network: safetensors for timm, or ONNX."
@@ -77,7 +69,7 @@ def export_main(argv: list[str] | None = None) -> int:
     prepare_process()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = args.out or args.run_dir / "exported" / args.format
-    try:
+    with reporting_user_errors(parser.prog):
         run = load_run(args.run_dir)
         if args.format == "safetensors":
             path = export_safetensors(run, out)
@@ -85,8 +77,6 @@ def export_main(argv: list[str] | None = None) -> int:
         else:
             path, diff = export_onnx(run, out)
             log.info("%s (opset %d), ONNX Runtime vs PyTorch max abs diff %.2e", path, ONNX_OPSET, diff)
-    except (ExportError, RunDirError, WeightsError) as e:
-        raise _fail(parser.prog, e) from e
     return 0
 
 

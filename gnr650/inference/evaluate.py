@@ -13,10 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gnr650.data import DecodedImageDataModule
-from gnr650.errors import UserError
+from gnr650.errors import UserError, reporting_user_errors
 from gnr650.files import write_json
 from gnr650.inference.trained_run import TrainedRun, load_run
 from gnr650.runs import evaluation_fields, versions
+from gnr650.runs.run_dirs import hydra_files, removed_when_unused
 from gnr650.training import ClassificationModule
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,15 @@ def run_dataset(run: TrainedRun, cfg: DictConfig) -> DictConfig:
 
 
 def hydra_task(cfg: DictConfig) -> dict[str, Any]:
-    """What ``eval.py`` runs: load ``cfg.run``, evaluate, write ``<output dir>/eval_results.json``."""
+    """What ``eval.py`` runs: a UserError is its message alone and exit status 2, and leaves no output
+    directory (nor the ``<run>/eval`` folders Hydra made for a mistyped ``run``)."""
+    out = Path(cfg.paths.output_dir)
+    with reporting_user_errors("eval.py"), removed_when_unused(out, hydra_files(out), top=Path(cfg.run).absolute()):
+        return evaluate_run(cfg)
+
+
+def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
+    """Load ``cfg.run``, evaluate, write ``<output dir>/eval_results.json``."""
     start = time.perf_counter()
     run = load_run(cfg.run)
     dm: DecodedImageDataModule = instantiate(run_dataset(run, cfg), eval_batch_size=cfg.eval_batch_size)

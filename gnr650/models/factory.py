@@ -6,13 +6,14 @@ import logging
 import re
 import sys
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torchvision
 from torch import nn
 
-from gnr650.models.weights import WeightsError, load_weights
+from gnr650.models.weights import WeightsError, first_line, hub_offline, hub_reachable, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ def build_resnet18(
             state = torchvision.models.ResNet18_Weights.DEFAULT.get_state_dict(progress=False)
         except Exception as e:
             raise WeightsError(
-                f"Could not download ImageNet ResNet-18 weights ({e}). Offline? Set model.weights=<file> "
-                "or model.pretrained=false."
+                f"Could not download ImageNet ResNet-18 weights ({first_line(e)}). Set "
+                f"GNR650_WEIGHTS_DIR=<folder with resnet18.pth>, model.weights=<file>, or model.pretrained=false."
             ) from e
         state = {
             k: v
@@ -116,17 +117,24 @@ def _create_timm(
             adapt = getattr(sys.modules[type(net).__module__], "checkpoint_filter_fn", None)
             load_weights(net, path, head=[classifier_name(net)], adapt=adapt)
         return net, None if path is None else str(path)
+    # Not reachable: the hub's local cache alone, failing at once rather than after a minute of retries.
+    reachable = hub_reachable()
     try:
-        return timm.create_model(arch, pretrained=True, **kwargs), "timm-hub"
+        with nullcontext() if reachable else hub_offline():
+            return timm.create_model(arch, pretrained=True, **kwargs), "timm-hub"
     except Exception as e:
+        from huggingface_hub import constants
+
+        local = f"none in {weights_dir}" if weights_dir else "GNR650_WEIGHTS_DIR is not set"
+        if reachable:
+            hub = f"the timm hub failed ({first_line(e)})"
+        else:
+            why = "is off (HF_HUB_OFFLINE=1)" if constants.is_offline_mode() else "is not reachable"
+            hub = f"the timm hub {why} and its local cache lacks them"
+        other = "" if arch == "vit_tiny_patch16_224" else " (or model=vit_ti16 with its weights there)"
         raise WeightsError(
-            f"Could not fetch pretrained '{arch}' weights from the timm hub ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). "
-            f"Offline? Use local weights: model.weights=<file>, or GNR650_WEIGHTS_DIR=<folder with "
-            f"{arch}.safetensors>; "
-            "export HF_HUB_OFFLINE=1 to fail at once instead of after the hub's retries; "
-            "ViT-Ti/16 weights can be used with model=vit_ti16 GNR650_WEIGHTS_DIR=<folder>; or "
-            "model.pretrained=false."
+            f"No pretrained '{arch}' weights: {local}; {hub}. Set GNR650_WEIGHTS_DIR=<folder with "
+            f"{arch}.safetensors>{other}, model.weights=<file>, or model.pretrained=false."
         ) from e
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import socket
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -14,6 +18,44 @@ from gnr650.files import refusing_pickled_code
 
 class WeightsError(RuntimeError, UserError):
     """A weights file is unreadable, unsafe, or does not fit the model; the message says which keys."""
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message`` (at most ``limit`` characters): enough to say what failed."""
+    line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {line[:limit]}" + ("..." if len(line) > limit else "")
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or the HTTPS proxy that reaches it) accepts a connection within ``timeout_s``,
+    and offline mode (``HF_HUB_OFFLINE``) is off. Offline, the hub client retries for about a minute instead."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    hub = urlsplit(constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get("https")
+    target = urlsplit(proxy) if proxy and not urllib.request.proxy_bypass(hub.hostname or "") else hub
+    try:
+        port = target.port or (443 if target.scheme == "https" else 80)
+        socket.create_connection((target.hostname, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """The hub client in offline mode (as with ``HF_HUB_OFFLINE=1``) for this block: files come from its local
+    cache, or the call fails at once."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

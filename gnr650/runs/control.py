@@ -27,13 +27,15 @@ class RunControl:
     callbacks: list[pl.Callback]
     ckpt_path: str | None
     last: Path
+    continue_with: str  # the command that continues the run when a signal stops it
 
     @contextmanager
     def fitting(self) -> Iterator[None]:
         """Around ``trainer.fit``: the resume checkpoint is checked first and read without pickled code."""
         if self.ckpt_path:
             check_checkpoint(self.ckpt_path)
-        with refusing_pickled_code(self.ckpt_path), reporting_sigterm(self.last), warnings.catch_warnings():
+        stopped = reporting_sigterm(self.last, self.continue_with)
+        with refusing_pickled_code(self.ckpt_path), stopped, warnings.catch_warnings():
             if self.ckpt_path:  # resuming: the run's own checkpoints are expected in its checkpoint folder
                 warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
             yield
@@ -53,9 +55,10 @@ def run_control(
     ckpt_path: str | None,
     last_ckpt_every_s: float,
     checkpointing: bool,
+    continue_with: str,
 ) -> RunControl:
     """``checkpointing=False`` (the trainer's ``enable_checkpointing``): no ``last.ckpt``, which Lightning would
-    refuse."""
+    refuse. ``continue_with``: the command that continues the run (``gnr650.runs.resume.continue_command``)."""
     ckpt, same_run = checkpoint_to_resume(checkpoint_dir, ckpt_path, resume, skip_done)
     last = checkpoint_dir / LAST
     callbacks: list[pl.Callback] = [
@@ -64,5 +67,5 @@ def run_control(
         DivergenceGuard(),
     ]
     if checkpointing:
-        callbacks.append(LastCheckpoint(last, every_s=last_ckpt_every_s))
-    return RunControl(callbacks, ckpt, last)
+        callbacks.append(LastCheckpoint(last, continue_with, every_s=last_ckpt_every_s))
+    return RunControl(callbacks, ckpt, last, continue_with)

@@ -6,7 +6,7 @@ interval bounds what it costs: on study 1's 1.4 s CPU epochs, writing the 134 MB
 plus AdamW state) every epoch made each epoch ~10 % slower; a SIGKILL loses at most ``every_s`` plus
 one epoch of training.
 On SIGINT or SIGTERM the run saves at the end of the current batch (a state Lightning resumes
-mid-epoch) and stops with ``RunInterrupted``, a non-zero exit; in an epoch's last batch it saves
+mid-epoch) and stops with ``RunInterrupted`` (train.py: one line, exit 128 + signal); in an epoch's last batch it saves
 after the epoch's validation, checkpoints and logs instead (a run resumed from its last batch
 would skip them). Without this, Ctrl-C lands anywhere (even inside an optimizer step) and loses
 the epoch in progress. With ``RunState`` the resumed run is the uninterrupted one. A second
@@ -37,25 +37,28 @@ log = logging.getLogger(__name__)
 
 
 class RunInterrupted(Exception):
-    """Training was stopped by a signal after saving a checkpoint; the message says how to continue."""
+    """Training was stopped by signal ``signum`` after saving a checkpoint: the one-line message says what was
+    saved and the command that continues (``continue_with``, from ``gnr650.runs.resume.continue_command``)."""
+
+    def __init__(self, signum: int, saved: str, continue_with: str):
+        self.signum = signum
+        super().__init__(f"Stopped by {signal.Signals(signum).name}; saved {saved}. Continue with: {continue_with}")
 
 
 @contextmanager
-def reporting_sigterm(checkpoint: str | Path) -> Iterator[None]:
+def reporting_sigterm(checkpoint: str | Path, continue_with: str) -> Iterator[None]:
     """Lightning stops a DDP run on SIGTERM with a SystemExit that exits 0: make it a RunInterrupted."""
     try:
         yield
-    except SIGTERMException as e:
-        raise RunInterrupted(
-            f"Stopped by SIGTERM. Continue with the same command plus resume=true, from {checkpoint} "
-            "(under DDP, the last end-of-epoch checkpoint)."
-        ) from e
+    except SIGTERMException:
+        raise RunInterrupted(signal.SIGTERM, f"{checkpoint} (the last end-of-epoch one)", continue_with) from None
 
 
 class LastCheckpoint(Checkpoint):
     """A ``Checkpoint`` so that Lightning runs it after ModelCheckpoint: at an epoch end, that epoch's
     checkpoints come first (and a configured ``save_last`` file is the same state: the checkpoint IO
-    links it rather than writing it twice). ``every_s=0``: every epoch.
+    links it rather than writing it twice). ``every_s=0``: every epoch. ``continue_with``: the command that continues
+    the run, for the message a signal stops it with.
 
     An epoch-end save goes to a hidden pending file that becomes ``last.ckpt`` at the next epoch's start
     (or the end of training, or an exception): Lightning logs the epoch's training metrics after every
@@ -63,7 +66,11 @@ class LastCheckpoint(Checkpoint):
     metrics.csv never got. Killed there, the run resumes from the previous ``last.ckpt`` instead."""
 
     def __init__(
-        self, path: str | Path, every_s: float = 0.0, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+        self,
+        path: str | Path,
+        continue_with: str,
+        every_s: float = 0.0,
+        signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
     ):
         if every_s < 0:
             raise ValueError(f"last_ckpt_every_s must be >= 0 (seconds between resume checkpoints), got {every_s}.")
@@ -72,6 +79,7 @@ class LastCheckpoint(Checkpoint):
         self._unpublished = False  # this run's epoch-end save waits in the pending file (not a killed run's)
         self.every_s = every_s
         self.signals = signals
+        self.continue_with = continue_with
         self._saved_at = 0.0  # time.monotonic() of the last save, or of the training start
         self.received: int | None = None
         self._stopped_at: str | None = None  # where the checkpoint before stopping was taken
@@ -101,13 +109,10 @@ class LastCheckpoint(Checkpoint):
             self.last_model_path = str(self.path)
         if self.received is not None:
             self._restore()
-            self._stopped_at = f"step {trainer.global_step} (epoch {trainer.current_epoch})"
+            self._stopped_at = f"step {trainer.global_step}, epoch {trainer.current_epoch}"
 
     def _stop(self) -> None:
-        raise RunInterrupted(
-            f"Stopped by {signal.Signals(self.received).name} at {self._stopped_at}; saved "
-            f"{self.path}. Continue with the same command plus resume=true."
-        )
+        raise RunInterrupted(self.received, f"{self.path} ({self._stopped_at})", self.continue_with)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.received, self._stopped_at = None, None

@@ -9,16 +9,21 @@ sweep's jobs or Lightning's DDP launcher, gives the same directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Iterable
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
 
-from gnr650.errors import UserError
+from gnr650.errors import UserError, reporting_user_errors
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +36,17 @@ class ResumeError(RuntimeError, UserError):
     """There is nothing consistent to resume from; the message names the directory or checkpoint."""
 
 
+def _key(override: str) -> str:
+    """The config key an override sets (``+a.b=1`` and ``~a.b`` set ``a.b``)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def comparable(overrides: Iterable[Any]) -> list[str]:
     """The overrides that define a run's result, normalised: the last value of each key, sorted, without
     Hydra's or the resume settings."""
     kept = {}
     for o in overrides:
-        key = str(o).split("=", 1)[0].lstrip("+~")
+        key = _key(str(o))
         if key not in HOW_TO_RUN and not key.startswith("hydra"):
             kept[key] = str(o).lstrip("+")
     return sorted(kept.values())
@@ -98,11 +108,41 @@ def sweep_dir(skip_done: Any, overrides: Iterable[Any], default: str) -> str:
     return str(found.resolve()) if found else default
 
 
+def _python() -> str:
+    """How the user can start this interpreter: its name when that is what PATH finds, else its full path."""
+    name = os.path.basename(sys.executable)
+    found = shutil.which(name)
+    return name if found and os.path.abspath(found) == os.path.abspath(sys.executable) else sys.executable
+
+
+def continue_command(argv: Sequence[str], multirun: bool) -> str:
+    """The command that continues an interrupted run or sweep (README, "When a run or a sweep dies"): the same
+    command line ``argv`` plus ``resume=true``, or for a sweep's job plus ``skip_done=true``. A command that
+    already names the run to resume (``resume=<run dir>``) is itself the command."""
+    key = "skip_done" if multirun else "resume"
+    given = [a for a in argv[1:] if _key(a) == key]
+    if given and given[-1].split("=", 1)[-1].lower() not in ("true", "false"):
+        return shlex.join([_python(), *argv])
+    return shlex.join([_python(), argv[0], *(a for a in argv[1:] if _key(a) != key), f"{key}=true"])
+
+
+def _reported(fn: Callable[..., str]) -> Callable[..., str]:
+    """Hydra resolves the run and sweep directories before the task starts, where it would print a UserError
+    (``resume=<missing dir>``) with pages of traceback: report it there as the entry points do."""
+
+    @functools.wraps(fn)
+    def resolver(*args: Any) -> str:
+        with reporting_user_errors(os.path.basename(sys.argv[0])):
+            return fn(*args)
+
+    return resolver
+
+
 def register_resolvers() -> None:
     """``gnr650.run_dir`` / ``gnr650.sweep_dir``, used by configs/hydra/default.yaml: call before Hydra composes."""
     for name, fn in (("gnr650.run_dir", run_dir), ("gnr650.sweep_dir", sweep_dir)):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn, use_cache=True)
+            OmegaConf.register_new_resolver(name, _reported(fn), use_cache=True)
 
 
 def checkpoint_to_resume(

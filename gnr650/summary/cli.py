@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from gnr650.errors import reporting_user_errors
 from gnr650.summary import tables
 from gnr650.summary.writer import write_summary
 
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     for directory in args.multirun_dirs:
         if not directory.is_dir():
             parser.error(f"not a directory: {directory}")
-        summary = write_summary(directory)
+        with reporting_user_errors(parser.prog):
+            summary = write_summary(directory)
         if not summary.jobs:
             print(f"{directory}: no jobs found (no .hydra/overrides.yaml or results.json below it)")
             status = 1

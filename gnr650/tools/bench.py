@@ -43,6 +43,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gnr650.data import SPLITS
+from gnr650.errors import reporting_user_errors
 from gnr650.finetune.strategies import set_mode
 from gnr650.runs import prepare_process, versions
 from gnr650.train import build, train
@@ -484,6 +485,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     prepare_process()
+    with reporting_user_errors("gnr650-bench"):
+        return bench(args)
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Run the comparison ``args`` asks for, print it and record it in ``args.out``."""
     if args.strategies:
         text, section = run_strategies(args)
         print(text)

@@ -4,6 +4,7 @@ PyTorch's logits; clear errors for what cannot be exported."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -49,12 +50,13 @@ def test_safetensors_reload_through_timm_gives_the_runs_logits(fixture, request,
         assert (_logits(model, x) - expected).abs().max() <= 1e-6
 
 
-def test_lora_run_exports_merged_for_timm_and_vpt_run_only_to_onnx(adapted_run, tmp_path):
+def test_lora_run_exports_merged_for_timm_and_vpt_run_only_to_onnx(adapted_run, tmp_path, capsys):
     run = load_run(adapted_run)
     x = torch.randn(3, 3, *run.results["preprocess"]["input_size"])
     if run.config.finetune.name == "vpt":
-        with pytest.raises(SystemExit, match="VPT prompt tokens.*--format onnx"):
+        with pytest.raises(SystemExit) as stopped:
             export_main([str(adapted_run), "--format", "safetensors", "--out", str(tmp_path)])
+        assert stopped.value.code == 2 and re.search("VPT prompt tokens.*--format onnx", capsys.readouterr().err)
         assert not (tmp_path / "model.safetensors").exists()
         onnxruntime = pytest.importorskip("onnxruntime")
         pytest.importorskip("onnxscript")
@@ -110,6 +112,9 @@ def test_onnx_without_the_extra_names_the_install(monkeypatch, tmp_path):
         onnx_export(nn.Identity(), torch.randn(1, 3, 4, 4), tmp_path / "model.onnx")
 
 
-def test_export_needs_a_checkpoint(tmp_path):
-    with pytest.raises(SystemExit, match="gnr650-export: error: .*not a run directory"):
+def test_export_needs_a_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as stopped:
         export_main([str(tmp_path), "--format", "safetensors"])
+    assert stopped.value.code == 2
+    assert re.fullmatch(r"gnr650-export: error: [^\n]*not a run directory[^\n]*\n", capsys.readouterr().err)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -129,9 +130,12 @@ def test_unusable_runs_are_clear_errors(resnet_run, vit_run, tmp_path):
         load_run(other)
 
 
-def test_cli_reports_bad_input_without_traceback(tmp_path):
-    with pytest.raises(SystemExit, match="gnr650-predict: error: .*not a run directory"):
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as stopped:
         predict_main([str(tmp_path), str(tmp_path)])
+    assert stopped.value.code == 2
+    assert re.fullmatch(r"gnr650-predict: error: [^\n]*not a run directory[^\n]*\n", capsys.readouterr().err)
 
 
 def test_missing_inputs_fail_before_any_work(tmp_path):

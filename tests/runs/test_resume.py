@@ -29,7 +29,7 @@ from gnr650.runs.resume import (
 from gnr650.runs.run_state import RunState
 from gnr650.train import train
 from gnr650.training.divergence import DivergenceError
-from tests.helpers import RunsCodeWhenUnpickled, csv_rows, finish, make_cfg, train_py, write_image
+from tests.helpers import RunsCodeWhenUnpickled, SignalAt, csv_rows, finish, make_cfg, train_py, write_image
 
 # Augmentation on: the resumed run must also restore the RNG, not only the weights and the batch order.
 RUN = [
@@ -78,17 +78,6 @@ def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_pa
     assert_same_history(run, ref_run)
 
 
-class SignalAt(pl.Callback):
-    """Sends ``signum`` to this process at the start of training batch ``batch`` of ``epoch``."""
-
-    def __init__(self, epoch: int, batch: int, signum: int):
-        self.epoch, self.batch, self.signum = epoch, batch, signum
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
-            os.kill(os.getpid(), self.signum)
-
-
 SMALL = RUN + ["trainer.max_epochs=2", "logger=csv", "callbacks=default"]  # 4 steps an epoch
 
 
@@ -121,7 +110,7 @@ def assert_same_history(run: Path, reference: Path) -> None:
 )
 def test_signal_saves_a_checkpoint_and_resume_is_exact(signum, epoch, batch, uninterrupted, tmp_path):
     args = SMALL + [
-        f"+callbacks.signal._target_={__name__}.SignalAt",
+        f"+callbacks.signal._target_={SignalAt.__module__}.SignalAt",
         f"+callbacks.signal.epoch={epoch}",
         f"+callbacks.signal.batch={batch}",
         f"+callbacks.signal.signum={int(signum)}",

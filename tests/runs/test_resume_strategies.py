@@ -7,8 +7,8 @@ import pytest
 
 from gnr650.runs.last_checkpoint import RunInterrupted
 from gnr650.train import train
-from tests.helpers import make_cfg
-from tests.runs.test_resume import SignalAt, assert_same_metrics
+from tests.helpers import SignalAt, make_cfg
+from tests.runs.test_resume import assert_same_metrics
 
 RUN = ["debug=smoke", "model=vit_ti16", "trainer.max_epochs=2", "logger=none", "callbacks=none"]  # 4 steps an epoch
 STRATEGIES = {

@@ -54,3 +54,13 @@ def test_strategies_mode_compares_each_strategy_with_the_first(tmp_path, capsys)
     assert int(full[1].replace(",", "")) > int(last[1].replace(",", "")) > 0
     assert float(last[2]) > 0 and last[8] == "head_drop"  # `last` trains on features cached before the head
     assert "| full |" in out.read_text() and "--strategies full,last" in out.read_text()
+
+
+def test_a_user_error_is_its_message_alone_with_exit_status_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(SystemExit) as stopped:
+        main(TINY + ["dataset=imagefolder", f"dataset.root={missing}", "--out", str(tmp_path / "b.md")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.startswith("gnr650-bench: error: ") and str(missing) in err, err
+    assert not (tmp_path / "b.md").exists()
