@@ -11,6 +11,7 @@ import pytest
 
 from gnr650.config import ConfigKeyError, run_checked
 from gnr650.config.overrides import check_command_line, leaf_keys, unaccepted_keys
+from gnr650.errors import EXIT_USER_ERROR
 from tests.helpers import CONFIG_DIR, ROOT, make_cfg
 
 
@@ -86,7 +87,9 @@ def test_refused_command_line_never_starts_the_task(monkeypatch, capsys):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as exit_:
         run_checked(lambda: started.append(True), CONFIG_DIR, "train")
-    assert exit_.value.code != 0 and "optimizer.lr_head" in str(exit_.value.code) and not started
+    err = capsys.readouterr().err
+    assert exit_.value.code == EXIT_USER_ERROR and "optimizer.lr_head" in err and "Traceback" not in err
+    assert not started
 
 
 GROUP_OPTIONS = sorted(
@@ -121,5 +124,5 @@ def test_entry_point_prints_one_message_and_starts_no_run(script, args, meant, t
         text=True,
         timeout=300,
     )
-    assert proc.returncode != 0 and meant in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == EXIT_USER_ERROR and meant in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not list(tmp_path.iterdir())

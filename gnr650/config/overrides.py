@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gnr650.errors import UserError
+from gnr650.errors import UserError, reporting_user_errors
 
 # Names users reach for that no string distance finds: the code has two learning rates (the head's and the
 # backbone's, gnr650/training/optim.py) and no ``lr``.
@@ -49,15 +48,10 @@ class ConfigKeyError(ValueError, UserError):
 
 
 def run_checked(main: Callable[[], Any], config_dir: Path, config_name: str) -> None:
-    """Call an entry point's ``@hydra.main`` function after ``check_command_line``; a ``ConfigKeyError`` ends the
-    process with its message alone (exit status 1, as Hydra's own composition errors), with the traceback only
-    under ``HYDRA_FULL_ERROR=1``."""
-    try:
+    """Call an entry point's ``@hydra.main`` function after ``check_command_line``; a ``ConfigKeyError`` is reported
+    as every UserError is (``gnr650.errors.reporting_user_errors``: its message alone, exit status 2)."""
+    with reporting_user_errors(Path(sys.argv[0]).name):
         check_command_line(sys.argv[1:], config_dir, config_name)
-    except ConfigKeyError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.exit(f"Error in the command line: {error}")
     main()
 
 
