@@ -124,5 +124,7 @@ def test_entry_point_prints_one_message_and_starts_no_run(script, args, meant, t
         text=True,
         timeout=300,
     )
-    assert proc.returncode == EXIT_USER_ERROR and meant in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == EXIT_USER_ERROR and meant in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[
+        -2000:
+    ]
     assert not list(tmp_path.iterdir())

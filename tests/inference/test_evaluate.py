@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from gnr650.data import ImageFolderDataModule
+from gnr650.errors import EXIT_USER_ERROR
 from gnr650.inference import load_run
 from gnr650.inference.evaluate import ClassMismatchError, evaluate, hydra_task, run_dataset
 from gnr650.inference.predict import predict_files
@@ -200,21 +201,32 @@ def test_the_synthetic_group_reproduces_the_run_and_its_variants_are_other_data(
     assert_consistent_evaluation(other, resnet_run, load_run(resnet_run).class_names)
 
 
-def test_other_class_names_through_eval_are_an_error_naming_both_lists(resnet_run, fake_data, tmp_path):
-    with pytest.raises(ClassMismatchError) as error:
-        eval_task([f"run={resnet_run}", "dataset=imagefolder", f"dataset.root={fake_data / 'folder'}"], tmp_path)
-    assert str(["birds", "cats", "dogs"]) in str(error.value)
-    assert str(load_run(resnet_run).class_names) in str(error.value)
-    assert not (tmp_path / "eval_results.json").exists()
+def eval_error(overrides: list[str], out_dir: Path, capsys) -> str:
+    """``eval.py overrides`` that must stop with a user error: its one-line message (exit status 2, no traceback)."""
+    with pytest.raises(SystemExit) as stopped:
+        eval_task(overrides, out_dir)
+    err = capsys.readouterr().err
+    assert stopped.value.code == EXIT_USER_ERROR and "Traceback" not in err, err
+    assert err.startswith("eval.py: error: ") and not (out_dir / "eval_results.json").exists()
+    return err
 
 
-def test_the_runs_classes_in_another_order_are_an_error(unsorted_class_run, tmp_path):
+def test_other_class_names_through_eval_are_an_error_naming_both_lists(resnet_run, fake_data, tmp_path, capsys):
+    err = eval_error(
+        [f"run={resnet_run}", "dataset=imagefolder", f"dataset.root={fake_data / 'folder'}"], tmp_path, capsys
+    )
+    assert str(["birds", "cats", "dogs"]) in err
+    assert str(load_run(resnet_run).class_names) in err
+
+
+def test_the_runs_classes_in_another_order_are_an_error(unsorted_class_run, tmp_path, capsys):
     """Image folders come in sorted order (class_10 before class_2): evaluating would mislabel, so it stops."""
     classes = load_run(unsorted_class_run).class_names
     write_class_folders(tmp_path / "data", classes, per_class=5)
-    with pytest.raises(ClassMismatchError, match="the same names in another order") as error:
-        eval_task([f"run={unsorted_class_run}", "dataset=imagefolder", f"dataset.root={tmp_path / 'data'}"], tmp_path)
-    assert str(sorted(classes)) in str(error.value) and str(classes) in str(error.value)
+    overrides = [f"run={unsorted_class_run}", "dataset=imagefolder", f"dataset.root={tmp_path / 'data'}"]
+    err = eval_error(overrides, tmp_path, capsys)
+    assert "the same names in another order" in err
+    assert str(sorted(classes)) in err and str(classes) in err
 
 
 def on_real_data(test):
