@@ -96,4 +96,6 @@ def epoch_line(epoch: dict[str, Any], max_epochs: int | None) -> str:
         for split in ("train", "val")
         if f"{split}/loss" in epoch and f"{split}/acc" in epoch
     ]
-    return f"{epoch_label(epoch['epoch'], max_epochs)}: {', '.join(splits)} ({epoch['seconds']:.1f} s)"
+    seconds = epoch["seconds"]
+    took = f"{seconds:.1f} s" if seconds >= 1 else f"{seconds:.2g} s"  # a sub-second epoch is not "0.0 s"
+    return f"{epoch_label(epoch['epoch'], max_epochs)}: {', '.join(splits)} ({took})"
