@@ -1,0 +1,114 @@
+"""The start is saved once: a run interrupted and resumed exports the start of the run, not of the resumed weights,
+and every start-vs-end number equals the uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gnr650.interpret.index import PHASE_START, read_index
+from gnr650.interpret.start_state import START_STATE_DIR
+from gnr650.runs.last_checkpoint import RunInterrupted
+from gnr650.train import train
+from tests.helpers import make_cfg
+
+TINY = [
+    "debug=smoke",
+    "logger=csv",
+    "analysis.probe_images=16",
+    "analysis.faithfulness_images=0",  # end-only and the costliest part: the end network is the same anyway
+    "analysis.tsne=false",
+]
+RESNET = TINY + ["model=resnet18", "finetune=full", "callbacks=[default,resnet_exports,analysis]"]
+VIT_TOP4 = TINY + [
+    "model=vit_ti16",
+    "finetune=top4",
+    "callbacks=[default,vit_exports,analysis]",
+    "callbacks.attention.at_start=true",
+]
+# SIGINT inside the second epoch (4 steps an epoch): the resumed process starts from a mid-epoch last.ckpt.
+SIGINT_IN_EPOCH_1 = [
+    "+callbacks.signal._target_=tests.runs.test_resume.SignalAt",
+    "+callbacks.signal.epoch=1",
+    "+callbacks.signal.batch=1",
+    f"+callbacks.signal.signum={int(signal.SIGINT)}",
+]
+NORMS_CSV = {"resnet": "kernel_norms.csv", "vit": "vit_weight_norms.csv"}
+
+
+def start_files(run: Path) -> dict[str, tuple[int, bytes]]:
+    """Every start artefact in the index and every saved start state: modification time and bytes."""
+    artifacts = run / "artifacts"
+    paths = [artifacts / e["path"] for e in read_index(artifacts) if e["phase"] == PHASE_START]
+    paths += sorted((run / START_STATE_DIR).iterdir())
+    return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.read_bytes()) for p in paths}
+
+
+def analysis(run: Path) -> dict:
+    result = json.loads((run / "artifacts" / "analysis.json").read_text())
+    del result["seconds"]  # what each part cost: timing, not a result
+    return result
+
+
+def assert_same_start_and_change(run: Path, reference: Path, norms_csv: str) -> None:
+    """The resumed ``run`` exported what the uninterrupted ``reference`` did: the same index (each path once),
+    the same start images and arrays, the same norms csv (start rows included), the same analysis numbers."""
+    index, ref_index = read_index(run / "artifacts"), read_index(reference / "artifacts")
+    assert len({e["path"] for e in index}) == len(index), "an index entry is listed twice"
+    assert sorted(index, key=lambda e: e["path"]) == sorted(ref_index, key=lambda e: e["path"])
+    for e in ref_index:
+        ours, theirs = run / "artifacts" / e["path"], reference / "artifacts" / e["path"]
+        if e["phase"] == PHASE_START and ours.suffix == ".png":
+            assert ours.read_bytes() == theirs.read_bytes(), e["path"]
+        if ours.suffix == ".npz":  # zip entries carry their write time: compare the arrays
+            with np.load(ours) as a, np.load(theirs) as b:
+                assert a.files == b.files
+                for key in a.files:
+                    assert np.array_equal(a[key], b[key]), (e["path"], key)
+    norms = (run / "artifacts" / norms_csv).read_text()
+    assert norms == (reference / "artifacts" / norms_csv).read_text()
+    assert "\nstart,0," in norms
+    assert analysis(run) == analysis(reference)  # exact: the start pass is read back, not recomputed
+
+
+@pytest.mark.parametrize("model", ["resnet", "vit"])
+def test_a_run_resumed_after_sigint_keeps_the_start_of_the_run(model, tmp_path):
+    args = {"resnet": RESNET, "vit": VIT_TOP4}[model]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    train(make_cfg(args, reference))
+    with pytest.raises(RunInterrupted):
+        train(make_cfg(args + SIGINT_IN_EPOCH_1, run))
+    before = start_files(run)
+    assert f"{START_STATE_DIR}/ChangeAnalysis.pt" in before
+
+    resumed = train(make_cfg(args + SIGINT_IN_EPOCH_1 + ["resume=true"], run))
+    assert resumed["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+    after = start_files(run)  # the norms csv and plot are rewritten by every phase: now listed as "end"
+    assert after == {path: before[path] for path in after}, "the resumed run rewrote a start artefact"
+    assert_same_start_and_change(run, reference, NORMS_CSV[model])
+    drift = analysis(run)["weight_drift"]
+    if model == "vit":  # top4 trains blocks 8-11 only
+        assert all(drift[f"blocks.{i}"] == 0.0 for i in range(8))
+        assert all(drift[f"blocks.{i}"] > 0.0 for i in range(8, 12))
+
+
+def test_ckpt_path_of_another_run_starts_from_that_checkpoints_weights(tmp_path):
+    """Another run's checkpoint is a new start: W0 is its weights as loaded, and the new run saves its own start."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    with pytest.raises(RunInterrupted):
+        train(make_cfg(RESNET + SIGINT_IN_EPOCH_1, first))
+    last = first / "checkpoints" / "last.ckpt"
+    loaded = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    train(make_cfg(RESNET + [f"ckpt_path={last}"], second))
+
+    saved = torch.load(second / START_STATE_DIR / "ChangeAnalysis.pt", map_location="cpu", weights_only=True)
+    assert saved["weights"].keys() and all(torch.equal(w, loaded[f"net.{n}"]) for n, w in saved["weights"].items())
+    conv1 = loaded["net.conv1.weight"].flatten(1).norm(dim=1).mean()
+    norms = (second / "artifacts" / "kernel_norms.csv").read_text().splitlines()
+    start_conv1 = next(line for line in norms if line.startswith("start,") and ",conv1," in line)
+    assert float(start_conv1.split(",")[6]) == pytest.approx(float(conv1), rel=1e-6)
