@@ -17,6 +17,7 @@ import time
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 
 from gnr650.interpret import attention as attn_lib
 from gnr650.interpret import features as feat_lib
@@ -128,7 +129,8 @@ class ArtifactExport(pl.Callback):
             )
         epoch = trainer.current_epoch
         self._run(trainer, pl_module, PHASE_START, epoch)
-        save_start_state(path, {"epoch": epoch, **self.start_state(pl_module)})
+        if trainer.state.fn == TrainerFn.FITTING:  # only a fit can be interrupted and resumed
+            save_start_state(path, {"epoch": epoch, **self.start_state(pl_module)})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done = trainer.current_epoch + 1

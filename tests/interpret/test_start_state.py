@@ -15,7 +15,7 @@ from gnr650.interpret.index import PHASE_START, read_index
 from gnr650.interpret.start_state import START_STATE_DIR
 from gnr650.runs.last_checkpoint import RunInterrupted
 from gnr650.train import train
-from tests.helpers import make_cfg
+from tests.helpers import finish, kill_at_first, make_cfg, train_py
 
 TINY = [
     "debug=smoke",
@@ -45,8 +45,12 @@ def start_files(run: Path) -> dict[str, tuple[int, bytes]]:
     """Every start artefact in the index and every saved start state: modification time and bytes."""
     artifacts = run / "artifacts"
     paths = [artifacts / e["path"] for e in read_index(artifacts) if e["phase"] == PHASE_START]
-    paths += sorted((run / START_STATE_DIR).iterdir())
+    paths += sorted((run / START_STATE_DIR).glob("*.pt"))
     return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.read_bytes()) for p in paths}
+
+
+def read_status(run: Path) -> str:
+    return json.loads((run / "results.json").read_text())["status"]
 
 
 def analysis(run: Path) -> dict:
@@ -76,17 +80,18 @@ def assert_same_start_and_change(run: Path, reference: Path, norms_csv: str) -> 
     assert analysis(run) == analysis(reference)  # exact: the start pass is read back, not recomputed
 
 
-@pytest.mark.parametrize("model", ["resnet", "vit"])
-def test_a_run_resumed_after_sigint_keeps_the_start_of_the_run(model, tmp_path):
+@pytest.mark.parametrize("model,how", [("resnet", "resume=true"), ("vit", "ckpt_path=own")])
+def test_a_run_resumed_after_sigint_keeps_the_start_of_the_run(model, how, tmp_path):
+    """Continued by ``resume=true``, or by ``ckpt_path=`` the run's own last.ckpt (in its run directory)."""
     args = {"resnet": RESNET, "vit": VIT_TOP4}[model]
     reference, run = tmp_path / "reference", tmp_path / "run"
     train(make_cfg(args, reference))
     with pytest.raises(RunInterrupted):
         train(make_cfg(args + SIGINT_IN_EPOCH_1, run))
     before = start_files(run)
-    assert f"{START_STATE_DIR}/ChangeAnalysis.pt" in before
 
-    resumed = train(make_cfg(args + SIGINT_IN_EPOCH_1 + ["resume=true"], run))
+    how = how.replace("own", str(run / "checkpoints" / "last.ckpt"))
+    resumed = train(make_cfg(args + SIGINT_IN_EPOCH_1 + [how], run))
     assert resumed["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
     after = start_files(run)  # the norms csv and plot are rewritten by every phase: now listed as "end"
     assert after == {path: before[path] for path in after}, "the resumed run rewrote a start artefact"
@@ -112,3 +117,46 @@ def test_ckpt_path_of_another_run_starts_from_that_checkpoints_weights(tmp_path)
     norms = (second / "artifacts" / "kernel_norms.csv").read_text().splitlines()
     start_conv1 = next(line for line in norms if line.startswith("start,") and ",conv1," in line)
     assert float(start_conv1.split(",")[6]) == pytest.approx(float(conv1), rel=1e-6)
+
+
+@pytest.mark.slow  # three subprocess runs: > 1 min here
+@pytest.mark.parametrize("model", ["resnet", "vit"])
+def test_a_run_killed_after_a_checkpoint_and_resumed_keeps_the_start_of_the_run(model, tmp_path):
+    """SIGKILL (no chance to save anything) as soon as the first last.ckpt exists, then the same command plus
+    resume=true: the start exports and analysis are the uninterrupted run's."""
+    args = {"resnet": RESNET, "vit": VIT_TOP4}[model] + ["last_ckpt_every_s=0"]
+    reference = train_py(args, tmp_path / "reference")
+    victim = train_py(args, tmp_path / "victim")
+    runs = tmp_path / "victim" / "outputs" / "train" / "runs"
+    kill_at_first(victim, runs, "*/checkpoints/last.ckpt")
+    (run,) = runs.iterdir()
+    assert not (run / "results.json").exists() or read_status(run) != "completed", "killed too late"
+    before = start_files(run)
+
+    finish(train_py(args + ["resume=true"], tmp_path / "victim"))
+    assert read_status(run) == "completed"
+    after = start_files(run)
+    assert after == {path: before[path] for path in after}, "the resumed run rewrote a start artefact"
+    finish(reference)
+    (ref_run,) = (tmp_path / "reference" / "outputs" / "train" / "runs").iterdir()
+    assert_same_start_and_change(run, ref_run, NORMS_CSV[model])
+
+
+@pytest.mark.slow  # two sweeps of two ViT jobs: minutes here
+def test_a_sweep_job_killed_and_continued_with_skip_done_reports_what_top4_changed(tmp_path):
+    """The resumed top4 job of a sweep continued with skip_done=true: blocks 8-11 drifted, as in one uninterrupted."""
+    args = ["-m", *[a if a != "finetune=top4" else "finetune=last,top4" for a in VIT_TOP4], "last_ckpt_every_s=0"]
+    reference = train_py(args, tmp_path / "reference")
+    victim = train_py(args, tmp_path / "victim")
+    sweeps = tmp_path / "victim" / "outputs" / "train" / "multiruns"
+    kill_at_first(victim, sweeps, "*/1/checkpoints/last.ckpt")  # job 1: top4
+    (sweep,) = sweeps.iterdir()
+
+    out = finish(train_py(args + ["skip_done=true"], tmp_path / "victim"))
+    assert out.count("already completed; not training it again") == 1  # job 0 (last) is not run again
+    assert read_status(sweep / "1") == "completed"
+    finish(reference)
+    (ref_sweep,) = (tmp_path / "reference" / "outputs" / "train" / "multiruns").iterdir()
+    assert_same_start_and_change(sweep / "1", ref_sweep / "1", NORMS_CSV["vit"])
+    drift = analysis(sweep / "1")["weight_drift"]
+    assert all(drift[f"blocks.{i}"] > 0.0 for i in range(8, 12))
