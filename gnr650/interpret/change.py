@@ -30,6 +30,7 @@ from gnr650.interpret.callbacks import ArtifactExport, _datamodule, _inputs, _mo
 from gnr650.interpret.features import pick_image
 from gnr650.interpret.figures import save_figure
 from gnr650.interpret.index import PHASE_END, ArtifactKind, entry
+from gnr650.interpret.start_state import continues_run
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class ChangeAnalysis(ArtifactExport):
                 self.split,
                 len(data.labels),
             )
-        if trainer.training and trainer.ckpt_path:  # not this run's checkpoint: a resumed run reads its saved start
+        if trainer.training and trainer.ckpt_path and not continues_run(trainer, self.artifacts_dir.parent):
             log.info(
                 "ChangeAnalysis: this run starts from ckpt_path=%s, so W0 is that checkpoint's weights as loaded.",
                 trainer.ckpt_path,

@@ -15,7 +15,7 @@ from gnr650.interpret.index import PHASE_START, read_index
 from gnr650.interpret.start_state import START_STATE_DIR
 from gnr650.runs.last_checkpoint import RunInterrupted
 from gnr650.train import train
-from tests.helpers import finish, kill_at_first, make_cfg, train_py
+from tests.helpers import finish, kill_at_first, make_cfg, real_data_dir, real_weights, train_py
 
 TINY = [
     "debug=smoke",
@@ -49,8 +49,12 @@ def start_files(run: Path) -> dict[str, tuple[int, bytes]]:
     return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.read_bytes()) for p in paths}
 
 
+def train_results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
 def read_status(run: Path) -> str:
-    return json.loads((run / "results.json").read_text())["status"]
+    return train_results(run)["status"]
 
 
 def analysis(run: Path) -> dict:
@@ -80,12 +84,17 @@ def assert_same_start_and_change(run: Path, reference: Path, norms_csv: str) -> 
     assert analysis(run) == analysis(reference)  # exact: the start pass is read back, not recomputed
 
 
-@pytest.mark.parametrize("model,how", [("resnet", "resume=true"), ("vit", "ckpt_path=own")])
-def test_a_run_resumed_after_sigint_keeps_the_start_of_the_run(model, how, tmp_path):
-    """Continued by ``resume=true``, or by ``ckpt_path=`` the run's own last.ckpt (in its run directory)."""
-    args = {"resnet": RESNET, "vit": VIT_TOP4}[model]
-    reference, run = tmp_path / "reference", tmp_path / "run"
-    train(make_cfg(args, reference))
+@pytest.fixture(scope="module")
+def resnet_reference(tmp_path_factory) -> Path:
+    """An uninterrupted ResNet run: what a resumed one must equal, and another run's checkpoint to start from."""
+    out = tmp_path_factory.mktemp("resnet_reference")
+    train(make_cfg(RESNET, out))
+    return out
+
+
+def sigint_then_continue(args: list[str], how: str, run: Path) -> None:
+    """A run of ``args`` stopped by SIGINT inside epoch 1, then continued with ``how`` (``resume=true``, or
+    ``ckpt_path=own``: its own last.ckpt); checks that no start file was rewritten."""
     with pytest.raises(RunInterrupted):
         train(make_cfg(args + SIGINT_IN_EPOCH_1, run))
     before = start_files(run)
@@ -95,28 +104,63 @@ def test_a_run_resumed_after_sigint_keeps_the_start_of_the_run(model, how, tmp_p
     assert resumed["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
     after = start_files(run)  # the norms csv and plot are rewritten by every phase: now listed as "end"
     assert after == {path: before[path] for path in after}, "the resumed run rewrote a start artefact"
-    assert_same_start_and_change(run, reference, NORMS_CSV[model])
+
+
+def assert_top4_drift(run: Path) -> None:
     drift = analysis(run)["weight_drift"]
-    if model == "vit":  # top4 trains blocks 8-11 only
-        assert all(drift[f"blocks.{i}"] == 0.0 for i in range(8))
-        assert all(drift[f"blocks.{i}"] > 0.0 for i in range(8, 12))
+    assert all(drift[f"blocks.{i}"] == 0.0 for i in range(8))
+    assert all(drift[f"blocks.{i}"] > 0.0 for i in range(8, 12))
 
 
-def test_ckpt_path_of_another_run_starts_from_that_checkpoints_weights(tmp_path):
+def test_a_resnet_run_resumed_after_sigint_keeps_the_start_of_the_run(resnet_reference, tmp_path):
+    sigint_then_continue(RESNET, "resume=true", tmp_path)
+    assert_same_start_and_change(tmp_path, resnet_reference, NORMS_CSV["resnet"])
+
+
+@pytest.mark.slow  # three tiny ViT runs: > 30 s here
+def test_a_vit_top4_run_continued_from_its_own_checkpoint_keeps_the_start_of_the_run(tmp_path):
+    """``ckpt_path=`` the run's own last.ckpt (in its run directory) continues the run as resume=true does."""
+    train(make_cfg(VIT_TOP4, tmp_path / "reference"))
+    sigint_then_continue(VIT_TOP4, "ckpt_path=own", tmp_path / "run")
+    assert_same_start_and_change(tmp_path / "run", tmp_path / "reference", NORMS_CSV["vit"])
+    assert_top4_drift(tmp_path / "run")
+
+
+@pytest.mark.realdata
+@pytest.mark.slow  # three ViT-Ti runs on EuroSAT: minutes here
+@pytest.mark.skipif(real_data_dir() is None or real_weights() is None, reason="needs the real data and ViT-Ti weights")
+def test_a_pretrained_vit_top4_run_resumed_after_sigint_keeps_its_start(tmp_path):
+    """Study 2's top4 job with the real ViT-Ti/16 weights (small: 5% of EuroSAT at 64 px, 2 epochs)."""
+    args = [a for a in VIT_TOP4 if not a.startswith(("debug=", "analysis.probe_images"))] + [
+        "dataset=eurosat",
+        "model.img_size=64",
+        "dataset.fraction=0.05",
+        "trainer.max_epochs=2",
+        "analysis.probe_images=64",
+        "viz.image_class=null",
+    ]
+    train(make_cfg(args, tmp_path / "reference"))
+    sigint_then_continue(args, "resume=true", tmp_path / "run")
+    assert_same_start_and_change(tmp_path / "run", tmp_path / "reference", NORMS_CSV["vit"])
+    assert_top4_drift(tmp_path / "run")
+
+
+def test_ckpt_path_of_another_run_starts_from_that_checkpoints_weights(resnet_reference, tmp_path):
     """Another run's checkpoint is a new start: W0 is its weights as loaded, and the new run saves its own start."""
-    first, second = tmp_path / "first", tmp_path / "second"
-    with pytest.raises(RunInterrupted):
-        train(make_cfg(RESNET + SIGINT_IN_EPOCH_1, first))
-    last = first / "checkpoints" / "last.ckpt"
+    last = resnet_reference / "checkpoints" / "last.ckpt"  # after its 2 epochs: one more epoch here
     loaded = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
-    train(make_cfg(RESNET + [f"ckpt_path={last}"], second))
+    train(make_cfg(RESNET + [f"ckpt_path={last}", "trainer.max_epochs=3"], tmp_path))
 
-    saved = torch.load(second / START_STATE_DIR / "ChangeAnalysis.pt", map_location="cpu", weights_only=True)
+    saved = torch.load(tmp_path / START_STATE_DIR / "ChangeAnalysis.pt", map_location="cpu", weights_only=True)
     assert saved["weights"].keys() and all(torch.equal(w, loaded[f"net.{n}"]) for n, w in saved["weights"].items())
     conv1 = loaded["net.conv1.weight"].flatten(1).norm(dim=1).mean()
-    norms = (second / "artifacts" / "kernel_norms.csv").read_text().splitlines()
+    norms = (tmp_path / "artifacts" / "kernel_norms.csv").read_text().splitlines()
     start_conv1 = next(line for line in norms if line.startswith("start,") and ",conv1," in line)
     assert float(start_conv1.split(",")[6]) == pytest.approx(float(conv1), rel=1e-6)
+    drift = analysis(tmp_path)["weight_drift"]["conv1"]
+    end = torch.load(train_results(tmp_path)["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    w0, w1 = loaded["net.conv1.weight"].double(), end["net.conv1.weight"].double()
+    assert drift == pytest.approx(float((w1 - w0).norm() / w0.norm()), rel=1e-6)
 
 
 @pytest.mark.slow  # three subprocess runs: > 1 min here
@@ -158,5 +202,4 @@ def test_a_sweep_job_killed_and_continued_with_skip_done_reports_what_top4_chang
     finish(reference)
     (ref_sweep,) = (tmp_path / "reference" / "outputs" / "train" / "multiruns").iterdir()
     assert_same_start_and_change(sweep / "1", ref_sweep / "1", NORMS_CSV["vit"])
-    drift = analysis(sweep / "1")["weight_drift"]
-    assert all(drift[f"blocks.{i}"] > 0.0 for i in range(8, 12))
+    assert_top4_drift(sweep / "1")
