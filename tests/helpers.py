@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,18 @@ class SignalAt(pl.Callback):
                 return
             self.marker.touch()
         os.kill(os.getpid(), self.signum)
+
+
+def kill_at_first(proc: subprocess.Popen, directory: Path, pattern: str, timeout: float = 240) -> Path:
+    """SIGKILL a ``train_py`` process as soon as a file matching ``directory.glob(pattern)`` exists (e.g. its first
+    ``last.ckpt``); returns that file. Fails if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not (found := list(directory.glob(pattern))):
+        assert proc.poll() is None and time.monotonic() < deadline, f"the run ended before {pattern} appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return found[0]
 
 
 def csv_rows(directory: Path) -> list[dict[str, str]]:

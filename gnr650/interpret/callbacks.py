@@ -1,7 +1,8 @@
 """Interpretability exports as Lightning callbacks, writing under ``<output_dir>/artifacts/``.
 
 Schedule (shared by all): ``start`` in ``on_fit_start`` (or in ``on_test_start`` when fit never ran,
-e.g. the frozen strategy), ``epoch<N>`` every ``every_n_epochs`` training epochs, ``end`` in
+e.g. the frozen strategy; exported once per run: a resumed run reads back the saved start, see start_state.py),
+``epoch<N>`` every ``every_n_epochs`` training epochs, ``end`` in
 ``on_test_end`` (the final evaluation, best weights loaded; labelled with the epoch of those weights, see
 ``weights_epoch``). Only global rank 0 writes; every file
 is listed in ``artifacts/index.json``. Extraction uses ``pl_module.net`` on a handful of images in
@@ -16,6 +17,7 @@ import time
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 
 from gnr650.interpret import attention as attn_lib
 from gnr650.interpret import features as feat_lib
@@ -29,6 +31,7 @@ from gnr650.interpret.figures import (
     save_figure,
 )
 from gnr650.interpret.index import PHASE_END, PHASE_START, ArtifactKind, append_to_index, artifacts_dir, entry
+from gnr650.interpret.start_state import continues_run, load_start_state, save_start_state, start_state_path
 from gnr650.runs.checkpoints import refusing_pickled_code
 
 log = logging.getLogger(__name__)
@@ -93,10 +96,41 @@ class ArtifactExport(pl.Callback):
         append_to_index(self.artifacts_dir, entries)
         log.info("%s %s: %d artefacts in %.1fs", type(self).__name__, phase, len(entries), time.perf_counter() - t0)
 
+    def start_state(self, pl_module: pl.LightningModule) -> dict:
+        """What this export keeps of the start until the end, beyond the files it wrote: saved once, at the
+        run's first fit start (see start_state.py). The base saves only the start's epoch."""
+        return {}
+
+    def restore_start(self, state: dict, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A process continuing the run takes back the saved start (``start_state`` plus ``epoch``) instead
+        of exporting the start again: the start files and their index entries stay the first process's."""
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_start:
-            self._run(trainer, pl_module, PHASE_START, trainer.current_epoch)
+        if self.at_start and trainer.is_global_zero:
+            self._start_phase(trainer, pl_module)
         self._started = True
+
+    def _start_phase(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = start_state_path(self.artifacts_dir.parent, type(self).__name__)
+        if continues_run(trainer, self.artifacts_dir.parent):
+            state = load_start_state(path)
+            if state is not None:
+                self.restore_start(state, trainer, pl_module)
+                log.info(
+                    "%s: start (epoch %d) read from %s, not exported again.", type(self).__name__, state["epoch"], path
+                )
+                return
+            log.warning(
+                "%s: no saved start in %s (the run began before starts were saved), so its start exports and "
+                "start-vs-end numbers are of the weights resumed from %s, not of the run's start.",
+                type(self).__name__,
+                path,
+                trainer.ckpt_path,
+            )
+        epoch = trainer.current_epoch
+        self._run(trainer, pl_module, PHASE_START, epoch)
+        if trainer.state.fn == TrainerFn.FITTING:  # only a fit can be interrupted and resumed
+            save_start_state(path, {"epoch": epoch, **self.start_state(pl_module)})
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         done = trainer.current_epoch + 1
@@ -129,6 +163,17 @@ class _NormExport(ArtifactExport):
 
     def layers(self, net: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         raise NotImplementedError
+
+    def start_state(self, pl_module):
+        """The start's norms (the plot shows them against the latest) and rows (if the csv is lost)."""
+        ((label, norms),) = list(self._phases.items())[:1]
+        return {"label": label, "norms": norms, "rows": [r for r in self._rows if r["phase"] == PHASE_START]}
+
+    def restore_start(self, state, trainer, pl_module):
+        """Rows of every phase so far as the csv holds them (they are rewritten as read), the start's norms."""
+        csv_path = self.artifacts_dir / f"{self.name}.csv"
+        self._rows = kern_lib.read_norms_csv(csv_path) if csv_path.is_file() else state["rows"]
+        self._phases = {state["label"]: state["norms"]}
 
     def export(self, trainer, pl_module, phase, epoch):
         layers = self.layers(pl_module.net)

@@ -6,6 +6,9 @@ once; at the end it runs the same images through the evaluated network once (unl
 classifier changed: ``frozen``, ``last``, k-NN reuse the start pass). Those two hooked passes feed
 weight drift, CKA, the per-layer probes and the attention statistics. Explanations (faithfulness, Grad-CAM),
 the confusion matrix, per-class accuracy and the t-SNE are of the end network.
+
+W0 and the start pass's features are saved in ``<run_dir>/start_state/ChangeAnalysis.pt`` at the run's first fit
+start; a resumed run reads them back (start_state.py), so its numbers are the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from gnr650.interpret.callbacks import ArtifactExport, _datamodule, _inputs, _mo
 from gnr650.interpret.features import pick_image
 from gnr650.interpret.figures import save_figure
 from gnr650.interpret.index import PHASE_END, ArtifactKind, entry
+from gnr650.interpret.start_state import continues_run
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +106,10 @@ class ChangeAnalysis(ArtifactExport):
                 self.split,
                 len(data.labels),
             )
-        if trainer.training and trainer.ckpt_path:
-            log.warning(
-                "ChangeAnalysis: training continues from %s, so W0 is that checkpoint's weights (epoch %d), "
-                "not the pretrained or initial ones.",
+        if trainer.training and trainer.ckpt_path and not continues_run(trainer, self.artifacts_dir.parent):
+            log.info(
+                "ChangeAnalysis: this run starts from ckpt_path=%s, so W0 is that checkpoint's weights as loaded.",
                 trainer.ckpt_path,
-                epoch,
             )
         idx = an.probe_indices(data.labels, self.probe_images, self.seed)
         images, labels = data.images[idx], data.labels[idx]
@@ -122,6 +124,33 @@ class ChangeAnalysis(ArtifactExport):
             "indices": idx,
             "images": images,
             "labels": labels,
+        }
+
+    def start_state(self, pl_module):
+        """W0 (each parameter in its own dtype: the float64 snapshot back from it is exact), the buffers, the
+        start probe pass's features and the probe images' positions: the end compares against exactly these."""
+        dtypes = {name: p.dtype for name, p in pl_module.net.named_parameters()}
+        start = self._start
+        return {
+            "weights": {name: w.to(dtypes[name]) for name, w in start["weights"].items()},
+            "buffers": start["buffers"],
+            "features": vars(start["features"]),
+            "indices": start["indices"],
+            "seconds": start["seconds"],
+        }
+
+    def restore_start(self, state, trainer, pl_module):
+        data = _datamodule(trainer).split(self.split)
+        idx = state["indices"]
+        self._start = {
+            "epoch": state["epoch"],
+            "weights": {name: w.to(torch.float64) for name, w in state["weights"].items()},
+            "buffers": state["buffers"],
+            "features": an.ProbeFeatures(**state["features"]),
+            "seconds": state["seconds"],
+            "indices": idx,
+            "images": data.images[idx],
+            "labels": data.labels[idx],
         }
 
     # ---- end ------------------------------------------------------------------------------------------------

@@ -75,6 +75,12 @@ def write_norms_csv(path: str | Path, rows: list[dict]) -> None:
     atomic_write(path, write)
 
 
+def read_norms_csv(path: str | Path) -> list[dict]:
+    """The rows ``write_norms_csv`` wrote, as strings (written back unchanged)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def default_kernel_layers(net: nn.Module) -> list[str]:
     """The first conv of each top-level child that has one: for ResNet-18 ``conv1`` and the first
     conv of ``layer1``..``layer4`` (one per stage)."""

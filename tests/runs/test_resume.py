@@ -29,7 +29,16 @@ from gnr650.runs.resume import (
 from gnr650.runs.run_state import RunState
 from gnr650.train import train
 from gnr650.training.divergence import DivergenceError
-from tests.helpers import RunsCodeWhenUnpickled, SignalAt, csv_rows, finish, make_cfg, train_py, write_image
+from tests.helpers import (
+    RunsCodeWhenUnpickled,
+    SignalAt,
+    csv_rows,
+    finish,
+    kill_at_first,
+    make_cfg,
+    train_py,
+    write_image,
+)
 
 # Augmentation on: the resumed run must also restore the RNG, not only the weights and the batch order.
 RUN = [
@@ -58,12 +67,7 @@ def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_pa
     reference = train_py(args, tmp_path / "reference")
     victim = train_py(args, tmp_path / "victim")
     runs = tmp_path / "victim" / "outputs" / "train" / "runs"
-    deadline = time.monotonic() + 240
-    while not list(runs.glob("*/checkpoints/last.ckpt")):
-        assert victim.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    kill_at_first(victim, runs, "*/checkpoints/last.ckpt")
     (run,) = runs.iterdir()
     assert not (run / "results.json").exists(), "killed too late: the run had finished"
 
