@@ -28,6 +28,7 @@ RUN = [
     "dataset.per_class=8",  # 4 classes: 4 steps an epoch
     "dataset.val_per_class=4",
     "dataset.test_per_class=4",
+    "callbacks.model_checkpoint.mode=min",  # the worst epoch is evaluated: not the last, which a slip would mark
     f"+callbacks.probe._target_={__name__}.EpochProbe",
 ]
 
@@ -106,6 +107,7 @@ def test_learning_curves_are_indexed_and_mark_the_evaluated_epoch(run):
     results = json.loads((out / "results.json").read_text())
     best = torch.load(results["checkpoint"], weights_only=True)
     assert record["epoch"] == best["epoch"] + 1  # epochNNN-... is the (NNN+1)-th completed epoch
+    assert record["epoch"] < results["epochs"] == 3  # otherwise this test could not tell the two apart
     assert Path(results["checkpoint"]).name.startswith(f"epoch{record['epoch'] - 1:03d}-")
 
 
