@@ -44,7 +44,7 @@ def epoch_history(rows: Iterable[dict[str, str]]) -> list[dict[str, float]]:
     for row in rows:
         if "epoch" in row and row.keys() - {"epoch", "step"}:  # not a row of final/ values alone
             epoch = int(row["epoch"])
-            last_step[epoch] = max(last_step.get(epoch, -math.inf), row.get("step", -math.inf))
+            last_step[epoch] = max(last_step.get(epoch, -1.0), row.get("step", -1.0))
     epochs = sorted(last_step)
     ends = [last_step[e] for e in epochs]
     values: dict[int, dict[str, list[float]]] = {e: {} for e in epochs}
@@ -67,7 +67,6 @@ def epoch_history(rows: Iterable[dict[str, str]]) -> list[dict[str, float]]:
             **{k: sum(v) / len(v) for k, v in sorted(values[e].items())},
         }
         for e in epochs
-        if values[e]
     ]
 
 
