@@ -26,6 +26,8 @@ from gnr650.errors import full_tracebacks, reporting_user_errors, user_error
 from gnr650.finetune import StrategyError, count_params, feature_cache, prepare_from_config
 from gnr650.finetune.knn import KNNBank, KNNClassifier
 from gnr650.interpret.callbacks import weights_epoch
+from gnr650.interpret.index import artifacts_dir
+from gnr650.interpret.learning_curves import export_learning_curves
 from gnr650.interpret.predictions import save_test_predictions
 from gnr650.models import BuiltModel
 from gnr650.runs import (
@@ -38,6 +40,7 @@ from gnr650.runs import (
     versions,
     write_results,
 )
+from gnr650.runs.history import write_history
 from gnr650.runs.resume import continue_command
 from gnr650.runs.run_dirs import hydra_files, removed_when_unused
 from gnr650.runs.trackers import instantiate_loggers, log_run_files
@@ -216,12 +219,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         check_launch(trainer)
         results["resumed_from"] = control.ckpt_path
-        fit_s = 0.0
+        fit_s, history = 0.0, None
         if results["params"]["trainable"] > 0:
             t0 = time.perf_counter()
             with control.fitting():
                 trainer.fit(module, datamodule=dm, ckpt_path=control.ckpt_path, weights_only=True)
             fit_s = time.perf_counter() - t0
+            history = write_history(out, loggers) if _is_global_zero() else None  # metrics.csv is complete now
             ckpt = _best_checkpoint(trainer)
         else:
             log.info("Strategy '%s' trains nothing: evaluating the model as loaded.", cfg.finetune.name)
@@ -233,6 +237,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 save_test_predictions(out / "artifacts", module.test_predictions, weights_epoch(trainer))
             else:  # each rank saw a shard of the test split
                 log.info("test_predictions.npz is not written under DDP (%d processes).", trainer.world_size)
+        if history:  # rank 0's
+            title = f"{results['model']} on {results['dataset']}, finetune={results['finetune']}: learning curves"
+            export_learning_curves(artifacts_dir(out), history, weights_epoch(trainer), title)
         results.update(evaluation_fields(module.final_results))
         results["checkpoint"] = ckpt
         results["feature_cache"] = cache.summary if cache else None

@@ -47,6 +47,7 @@ class ArtifactKind(StrEnum):
     EVALUATION_PLOT = "test_evaluation_plot"  # confusion matrix and per-class accuracy
     TSNE_PLOT = "tsne_plot"
     TEST_PREDICTIONS = "test_predictions"
+    LEARNING_CURVES_PLOT = "learning_curves_plot"  # train and val accuracy and loss per epoch (learning_curves.py)
 
 
 def artifacts_dir(run_dir: str | Path) -> Path:

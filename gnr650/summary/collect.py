@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from gnr650.interpret.index import ArtifactKind, artifacts_dir, find_artifacts
+from gnr650.runs.history import read_history
 
 log = logging.getLogger(__name__)
 
@@ -152,32 +153,14 @@ def _short(value: str) -> str:
 
 
 def read_curves(job: Job) -> dict[str, dict[int, float]]:
-    """Per-epoch series from Lightning's metrics.csv: {metric: {epoch: value}}.
-
-    Train and val values of one epoch sit on separate rows with blanks, and step-level
-    values repeat the epoch: the non-empty values of an epoch are averaged.
-    """
-    path = job.dir / "metrics.csv"
-    if not path.is_file():  # CSVLogger's default layout nests it under <name>/version_<n>/
-        path = next(job.dir.rglob("metrics.csv"), None)
-    if path is None:
-        return {}
-    sums: dict[str, dict[int, list[float]]] = {}
-    try:
-        with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                epoch = _number(row.get("epoch"))
-                if epoch is None:
-                    continue
-                for name, raw in row.items():
-                    value = _number(raw)
-                    if name in ("epoch", "step") or value is None:
-                        continue
-                    sums.setdefault(name, {}).setdefault(int(epoch), []).append(value)
-    except (OSError, csv.Error) as exc:
-        log.warning("Skipping unreadable %s: %s", path, exc)
-        return {}
-    return {k: {e: sum(v) / len(v) for e, v in sorted(s.items())} for k, s in sums.items()}
+    """The job's per-epoch series, {metric: {epoch: value}} with epochs counted from 1: its history.csv, else
+    (jobs older than it) its metrics.csv reduced the same way (``gnr650.runs.history``)."""
+    series: dict[str, dict[int, float]] = {}
+    for row in read_history(job.dir):
+        for name, value in row.items():
+            if name not in ("epoch", "step"):
+                series.setdefault(name, {})[int(row["epoch"])] = value
+    return series
 
 
 def _number(raw: str | None) -> float | None:

@@ -77,33 +77,36 @@ def params_accuracy_figure(jobs: list[Job]) -> Figure | None:
 
 
 def curves_figure(jobs: list[Job]) -> Figure | None:
-    """Validation accuracy and training loss per epoch for all jobs on shared axes.
+    """Train (dashed) and validation (solid) accuracy and loss per epoch for all jobs on shared axes, one colour
+    per job, from each job's history (``read_curves``).
 
     A job without training epochs (the frozen strategy) has no curve; its final
-    validation accuracy is drawn as a dashed horizontal line instead.
+    validation accuracy is drawn as a dotted horizontal line instead.
     """
-    fig = Figure(figsize=(11, 4.8), layout="constrained")
+    fig = Figure(figsize=(11, 5.2), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2, sharex=True)
     legend: dict[str, object] = {}
     for i, job in enumerate(jobs):
         curves = read_curves(job)
         name = job.label if job.ok else f"{job.label} ({job.status})"
-        val = curves.get("val/acc", {})
-        loss = curves.get("train/loss_epoch") or curves.get("train/loss", {})
         lines = []
-        if val:
-            lines += ax_acc.plot(list(val), [100 * v for v in val.values()], "o-", ms=3, color=colour(i))
-        elif (final := job.metric("val/acc")) is not None:
-            lines.append(ax_acc.axhline(100 * final, ls="--", color=colour(i)))
+        for split, style in (("val", "o-"), ("train", "s--")):
+            acc = curves.get(f"{split}/acc", {})
+            loss = curves.get(f"{split}/loss") or curves.get(f"{split}/loss_epoch", {})
+            if acc:
+                lines += ax_acc.plot(list(acc), [100 * v for v in acc.values()], style, ms=3, color=colour(i))
+            if loss:
+                lines += ax_loss.plot(list(loss), list(loss.values()), style, ms=3, color=colour(i))
+        if not lines and (final := job.metric("val/acc")) is not None:
+            lines.append(ax_acc.axhline(100 * final, ls=":", color=colour(i)))
             name += " (no training)"
-        if loss:
-            lines += ax_loss.plot(list(loss), list(loss.values()), "o-", ms=3, color=colour(i))
         if lines:
             legend[name] = lines[0]
     if not legend:
         return None
-    ax_acc.set(title="Validation accuracy per epoch", xlabel="Epoch", ylabel="Validation accuracy (%)")
-    ax_loss.set(title="Training loss per epoch", xlabel="Epoch", ylabel="Training loss")
+    key = "solid: validation, dashed: train"
+    ax_acc.set(title=f"Accuracy per epoch ({key})", xlabel="Epoch", ylabel="Accuracy (%)")
+    ax_loss.set(title=f"Loss per epoch ({key})", xlabel="Epoch", ylabel="Loss")
     for ax in (ax_acc, ax_loss):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -18,6 +18,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from gnr650.files import write_json
 from gnr650.runs.checkpoints import CheckpointError
+from gnr650.runs.history import HISTORY_NAME, read_history
 from gnr650.runs.last_checkpoint import RunInterrupted
 from gnr650.runs.resume import (
     ResumeError,
@@ -94,7 +95,14 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def assert_same_history(run: Path, reference: Path) -> None:
     """What happened after the interruption: every value logged in every epoch (metrics.csv: losses, accuracies,
-    learning rate) and the final weights (checkpoints/last.ckpt) are the uninterrupted run's."""
+    learning rate), the per-epoch history.csv drawn from them and the final weights (checkpoints/last.ckpt) are the
+    uninterrupted run's."""
+    assert (run / HISTORY_NAME).is_file() and (reference / HISTORY_NAME).is_file()  # not metrics.csv reduced
+    history, ref_history = read_history(run), read_history(reference)
+    assert [row["epoch"] for row in history] == list(range(1, len(ref_history) + 1)) and len(history) > 1
+    assert [sorted(r) for r in history] == [sorted(r) for r in ref_history]
+    for row, ref in zip(history, ref_history):
+        assert row == pytest.approx(ref, abs=1e-6), row["epoch"]
     rows, ref_rows = csv_rows(run), csv_rows(reference)
     assert [sorted(r) for r in rows] == [sorted(r) for r in ref_rows]
     for row, ref in zip(rows, ref_rows):

@@ -15,10 +15,12 @@ import pytest
 import yaml
 
 from gnr650.interpret.index import ArtifactKind, append_to_index, artifacts_dir, entry
+from gnr650.runs.history import HISTORY_NAME
 from gnr650.summary import collect_jobs, write_summary
 from gnr650.summary.attention import load_attention
 from gnr650.summary.cli import main as cli_main
 from gnr650.summary.collect import read_curves, read_kernel_norms
+from gnr650.summary.figures import curves_figure
 from gnr650.summary.hydra_callback import job_line
 from tests.summary.jobs import REPO, attention_arrays, make_job
 
@@ -196,10 +198,37 @@ def test_seed_sweep_is_aggregated(tmp_path: Path):
 
 def test_curves_group_lightning_rows_by_epoch(tmp_path: Path):
     make_job(tmp_path, 0, ["finetune=full"], acc=(0.9, 0.6, 0.5), epochs=3)
-    curves = read_curves(collect_jobs(tmp_path)[0])
-    assert curves["val/acc"] == pytest.approx({0: 0.2, 1: 0.4, 2: 0.6})
-    assert curves["train/loss_epoch"] == pytest.approx({0: 1.0, 1: 0.5, 2: 1 / 3})
-    assert curves["train/loss_step"] == pytest.approx({0: 2.5, 1: 2.5, 2: 2.5})
+    curves = read_curves(collect_jobs(tmp_path)[0])  # a job without history.csv: its metrics.csv, reduced
+    assert curves["val/acc"] == pytest.approx({1: 0.2, 2: 0.4, 3: 0.6})  # completed epochs, counted from 1
+    assert curves["train/loss_epoch"] == pytest.approx({1: 1.0, 2: 0.5, 3: 1 / 3})
+    assert curves["train/loss_step"] == pytest.approx({1: 2.5, 2: 2.5, 3: 2.5})
+
+
+def test_curves_figure_draws_train_and_val_accuracy_and_loss_of_every_job(tmp_path: Path):
+    make_job(tmp_path, 0, ["finetune=full"], acc=(0.9, 0.6, 0.5), epochs=3)  # metrics.csv only (older jobs)
+    make_job(tmp_path, 1, ["finetune=last"], epochs=0)
+    history = [
+        {"epoch": e, "step": 4 * e, "train/acc": t, "train/loss": 2 / e, "val/acc": v, "val/loss": 1 + e / 10}
+        for e, t, v in ((1, 0.5, 0.45), (2, 0.75, 0.55))
+    ]
+    with (tmp_path / "1" / HISTORY_NAME).open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    fig = curves_figure(collect_jobs(tmp_path))
+    ax_acc, ax_loss = fig.axes
+
+    def drawn(ax, colour: str, style: str) -> list[float]:
+        (line,) = [ln for ln in ax.lines if ln.get_color() == colour and ln.get_linestyle() == style]
+        return list(line.get_ydata())
+
+    for ax, scale, metric in ((ax_acc, 100, "acc"), (ax_loss, 1, "loss")):
+        for style, split in (("-", "val"), ("--", "train")):
+            assert drawn(ax, "C1", style) == pytest.approx([scale * row[f"{split}/{metric}"] for row in history])
+    assert drawn(ax_acc, "C0", "--") == pytest.approx([90, 90, 90])  # the fake metrics.csv's train accuracy
+    assert drawn(ax_acc, "C0", "-") == pytest.approx([20, 40, 60])
+    assert drawn(ax_loss, "C0", "--") == pytest.approx([1, 1 / 2, 1 / 3])  # train/loss_epoch
+    assert drawn(ax_loss, "C0", "-") == pytest.approx([0.5, 0.5, 0.5])
 
 
 def test_frozen_job_without_epochs_and_optuna_labels(tmp_path: Path):
