@@ -9,7 +9,8 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.models._hub import save_config_for_hf, save_for_hf
+from safetensors.torch import save_file
+from timm.models._hub import save_config_for_hf
 from torch import nn
 
 from gnr650.errors import UserError
@@ -78,9 +79,16 @@ def _config_args(run: TrainedRun) -> dict:
 
 def export_safetensors(run: TrainedRun, out: Path) -> Path:
     """``<out>/model.safetensors`` and ``<out>/config.json`` (timm's hub format: architecture, num_classes,
-    label_names, model_args, pretrained_cfg with mean, std, input_size)."""
-    save_for_hf(timm_network(run), str(out), safe_serialization=True, **_config_args(run))
-    return out / "model.safetensors"
+    label_names, model_args, pretrained_cfg with mean, std, input_size), what timm's ``save_for_hf`` writes but
+    through ``atomic_write`` (its safetensors file would be private, 0o600)."""
+    net = timm_network(run)
+    path = atomic_write(out / "model.safetensors", lambda tmp: save_file(net.state_dict(), tmp))
+    _write_config(net, run, out)
+    return path
+
+
+def _write_config(net: nn.Module, run: TrainedRun, out: Path) -> None:
+    atomic_write(out / "config.json", lambda tmp: save_config_for_hf(net, tmp, **_config_args(run)))
 
 
 def export_onnx(run: TrainedRun, out: Path, opset: int = ONNX_OPSET) -> tuple[Path, float]:
@@ -92,8 +100,7 @@ def export_onnx(run: TrainedRun, out: Path, opset: int = ONNX_OPSET) -> tuple[Pa
     out.mkdir(parents=True, exist_ok=True)
     # config.json describes the classes, normalisation and input size; a timm-built network (prompts and all)
     # describes itself.
-    described = run.net if _built_by_timm(run.net) else timm_network(run)
-    save_config_for_hf(described, out / "config.json", **_config_args(run))
+    _write_config(run.net if _built_by_timm(run.net) else timm_network(run), run, out)
     return path, diff
 
 

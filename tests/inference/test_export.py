@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import sys
 
 import numpy as np
@@ -48,6 +49,19 @@ def test_safetensors_reload_through_timm_gives_the_runs_logits(fixture, request,
     )
     for model in (from_dir, by_name):
         assert (_logits(model, x) - expected).abs().max() <= 1e-6
+
+
+def _modes(directory) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx"])
+def test_exported_files_are_readable_like_any_file(fmt, resnet_run, umask, tmp_path):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    assert export_main([str(resnet_run), "--format", fmt, "--out", str(tmp_path)]) == 0
+    assert _modes(tmp_path) == {f"model.{fmt}": 0o666 & ~umask, "config.json": 0o666 & ~umask}
 
 
 def test_lora_run_exports_merged_for_timm_and_vpt_run_only_to_onnx(adapted_run, tmp_path, capsys):
