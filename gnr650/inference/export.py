@@ -5,6 +5,9 @@ normalisation, input size)."""
 from __future__ import annotations
 
 import copy
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
@@ -21,6 +24,9 @@ from gnr650.inference.trained_run import TrainedRun
 
 ONNX_OPSET = 18
 ONNX_TOLERANCE = 1e-4
+# Loggers of torch.onnx's optimiser passes: at INFO they narrate every step (a ViT-Ti: ~230 lines, mostly
+# "Replaced initializer ..."); their warnings and errors still show.
+ONNX_CHATTY_LOGGERS = ("onnx_ir", "onnxscript")
 # timm architectures for the project's non-timm builders (the same module names, so state dicts load strictly).
 TIMM_EQUIVALENTS = {"gnr650.models.build_resnet18": "resnet18"}
 
@@ -104,6 +110,20 @@ def export_onnx(run: TrainedRun, out: Path, opset: int = ONNX_OPSET) -> tuple[Pa
     return path, diff
 
 
+@contextmanager
+def quiet_onnx_passes() -> Iterator[None]:
+    """Hold ``ONNX_CHATTY_LOGGERS`` at WARNING (their INFO lines are progress notes, not news), then restore."""
+    loggers = [logging.getLogger(name) for name in ONNX_CHATTY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def onnx_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int = ONNX_OPSET) -> float:
     """Export with ``torch.onnx`` (torch.export, dynamic batch) into one file, then run a batch of another size
     through ONNX Runtime: more than ``ONNX_TOLERANCE`` from PyTorch is an error. A part of the network whose
@@ -117,18 +137,19 @@ def onnx_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int = 
 
     def write(tmp: str) -> None:
         try:
-            torch.onnx.export(
-                net,
-                (example,),
-                tmp,
-                dynamo=True,
-                opset_version=opset,
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                external_data=False,
-                verbose=False,
-            )
+            with quiet_onnx_passes():
+                torch.onnx.export(
+                    net,
+                    (example,),
+                    tmp,
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=["images"],
+                    output_names=["logits"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    external_data=False,
+                    verbose=False,
+                )
         except Exception as e:
             cause = e
             while cause.__cause__ is not None:
