@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import secrets
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-_UMASK = os.umask(0)  # read once at import (setting it is process-wide), then put back
-os.umask(_UMASK)
 
 
 def ensure_writable(directory: str | os.PathLike) -> None:
@@ -23,15 +22,32 @@ def ensure_writable(directory: str | os.PathLike) -> None:
         pass
 
 
+def _new_file(directory: Path, prefix: str) -> tuple[str, int]:
+    """A new empty file in ``directory`` created as ``open()`` creates one (mode 0o666 less the umask, which the
+    kernel applies), unlike ``tempfile.mkstemp``'s private 0o600; returns its path and permission bits."""
+    while True:
+        tmp = str(directory / f"{prefix}{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        os.close(fd)
+        return tmp, mode
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
+
+    The file gets the permissions a plain ``open()`` gives, also when ``write`` makes its own private file
+    (safetensors' writer does).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the renamed file gets the usual permissions
+    tmp, mode = _new_file(path.parent, f".{path.name}.")
     try:
         write(tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -34,6 +34,14 @@ def _default_cache_in_tmp(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = before
 
 
+@pytest.fixture
+def umask() -> int:
+    """A known umask (0o027) for the test, then the one before: files written get ``0o666 & ~umask``."""
+    before = os.umask(0o027)
+    yield 0o027
+    os.umask(before)
+
+
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory) -> Path:
     """A data dir with CIFAR-like image folders, a EuroSAT layout and a plain class-per-folder set."""

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from gnr650.finetune.strategies import count_params
 from gnr650.train import build
-from tests.helpers import CONFIG_DIR, make_cfg, tiny_overrides
+from tests.helpers import CONFIG_DIR, finish, make_cfg, tiny_overrides, train_py
 
 DATASETS = ["cifar10-subset", "eurosat", "imagefolder", "synthetic"]
 MODELS = ["resnet18", "vit_b16", "vit_ti16"]
@@ -92,7 +92,7 @@ def _own_keys(path: Path) -> dict:
 def test_dataset_options_share_their_loader_keys_from_one_base(dataset, tmp_path):
     cfg = make_cfg([f"dataset={dataset}", "batch_size=7", "eval_batch_size=9", "seed=5"], tmp_path)
     composed = OmegaConf.to_container(cfg.dataset, resolve=False)
-    own, base = _own_keys(CONFIG_DIR / "dataset" / f"{dataset}.yaml"), _own_keys(CONFIG_DIR / "base" / "dataset.yaml")
+    own, base = _own_keys(CONFIG_DIR / "dataset" / f"{dataset}.yaml"), _own_keys(CONFIG_DIR / "dataset_base.yaml")
     assert composed == {**base, **own}
     assert set(base) == {
         "augment",
@@ -143,3 +143,13 @@ def test_config_target_is_exported_by_its_package(target):
     assert hasattr(package, "__path__"), f"{target}: name the package {package_name.rsplit('.', 1)[0]}, not a module"
     assert name in package.__all__, f"{target}: add {name} to {package_name}.__all__"
     assert getattr(package, name) is get_object(target)
+
+
+def test_help_lists_the_groups_a_user_picks(tmp_path):
+    """``train.py --help`` lists every option folder of configs/ (hydra's own aside) with its options, and no
+    internal part (the shared dataset keys, the finetune schema) as if it were a choice."""
+    out = finish(train_py(["--help"], tmp_path))
+    section = out.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = dict(line.split(": ", 1) for line in section.splitlines() if ": " in line)
+    folders = sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+    assert listed == {p.name: ", ".join(sorted(f.stem for f in p.glob("*.yaml"))) for p in folders}

@@ -95,7 +95,7 @@ def test_refused_command_line_never_starts_the_task(monkeypatch, capsys):
 GROUP_OPTIONS = sorted(
     (path.parent.name, path.stem)
     for path in CONFIG_DIR.glob("*/*.yaml")
-    if path.parent.name not in ("base", "paths", "hydra", "hparams_search")  # no keys of the task / a plugin
+    if path.parent.name not in ("paths", "hydra", "hparams_search")  # no keys of the task / a plugin
 )
 
 

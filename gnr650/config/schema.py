@@ -3,7 +3,7 @@
 
 The values and their comments stay in the YAML files; the schemas give the types (``MISSING`` = set
 by the YAML). configs/train.yaml lists ``base_train`` first in its defaults, and every
-configs/finetune/*.yaml lists ``/schema/finetune@_here_``. The groups built by ``_target_``
+configs/finetune/*.yaml lists ``/finetune_schema@_here_``. The groups built by ``_target_``
 (dataset, model, trainer, callbacks, logger) have no schema: their constructors' signatures check them.
 Hydra adds a ``+key`` even to a typed node (its force-add lifts struct mode), so gnr650/config/overrides.py refuses
 keys that are not fields here, or parameters of a node's ``_target_``, before the task runs.
@@ -143,4 +143,4 @@ def register_schemas() -> None:
     """Put the schemas in Hydra's ConfigStore, where the defaults lists find them; before any composition."""
     store = ConfigStore.instance()
     store.store(name="base_train", node=TrainSchema)
-    store.store(group="schema", name="finetune", node=FinetuneSchema)
+    store.store(name="finetune_schema", node=FinetuneSchema)  # no group: --help lists only groups users pick

@@ -56,7 +56,7 @@ def predict_main(argv: list[str] | None = None) -> int:
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    from gnr650.inference.export import ONNX_OPSET, export_onnx, export_safetensors
+    from gnr650.inference.export import ONNX_OPSET, ONNX_TOLERANCE, export_onnx, export_safetensors
     from gnr650.inference.trained_run import load_run
 
     parser = argparse.ArgumentParser(
@@ -76,7 +76,13 @@ def export_main(argv: list[str] | None = None) -> int:
             log.info("%s and config.json (timm: timm.create_model('local-dir:%s', pretrained=True))", path, out)
         else:
             path, diff = export_onnx(run, out)
-            log.info("%s (opset %d), ONNX Runtime vs PyTorch max abs diff %.2e", path, ONNX_OPSET, diff)
+            log.info(
+                "%s (opset %d) and config.json; checked: ONNX Runtime's logits are PyTorch's within %.2e (<= %.0e)",
+                path,
+                ONNX_OPSET,
+                diff,
+                ONNX_TOLERANCE,
+            )
     return 0
 
 

@@ -5,11 +5,15 @@ normalisation, input size)."""
 from __future__ import annotations
 
 import copy
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
 import torch
-from timm.models._hub import save_config_for_hf, save_for_hf
+from safetensors.torch import save_file
+from timm.models._hub import save_config_for_hf
 from torch import nn
 
 from gnr650.errors import UserError
@@ -20,6 +24,9 @@ from gnr650.inference.trained_run import TrainedRun
 
 ONNX_OPSET = 18
 ONNX_TOLERANCE = 1e-4
+# Loggers of torch.onnx's optimiser passes: at INFO they narrate every step (a ViT-Ti: ~230 lines, mostly
+# "Replaced initializer ..."); their warnings and errors still show.
+ONNX_CHATTY_LOGGERS = ("onnx_ir", "onnxscript")
 # timm architectures for the project's non-timm builders (the same module names, so state dicts load strictly).
 TIMM_EQUIVALENTS = {"gnr650.models.build_resnet18": "resnet18"}
 
@@ -78,9 +85,16 @@ def _config_args(run: TrainedRun) -> dict:
 
 def export_safetensors(run: TrainedRun, out: Path) -> Path:
     """``<out>/model.safetensors`` and ``<out>/config.json`` (timm's hub format: architecture, num_classes,
-    label_names, model_args, pretrained_cfg with mean, std, input_size)."""
-    save_for_hf(timm_network(run), str(out), safe_serialization=True, **_config_args(run))
-    return out / "model.safetensors"
+    label_names, model_args, pretrained_cfg with mean, std, input_size), what timm's ``save_for_hf`` writes but
+    through ``atomic_write`` (its safetensors file would be private, 0o600)."""
+    net = timm_network(run)
+    path = atomic_write(out / "model.safetensors", lambda tmp: save_file(net.state_dict(), tmp))
+    _write_config(net, run, out)
+    return path
+
+
+def _write_config(net: nn.Module, run: TrainedRun, out: Path) -> None:
+    atomic_write(out / "config.json", lambda tmp: save_config_for_hf(net, tmp, **_config_args(run)))
 
 
 def export_onnx(run: TrainedRun, out: Path, opset: int = ONNX_OPSET) -> tuple[Path, float]:
@@ -92,9 +106,22 @@ def export_onnx(run: TrainedRun, out: Path, opset: int = ONNX_OPSET) -> tuple[Pa
     out.mkdir(parents=True, exist_ok=True)
     # config.json describes the classes, normalisation and input size; a timm-built network (prompts and all)
     # describes itself.
-    described = run.net if _built_by_timm(run.net) else timm_network(run)
-    save_config_for_hf(described, out / "config.json", **_config_args(run))
+    _write_config(run.net if _built_by_timm(run.net) else timm_network(run), run, out)
     return path, diff
+
+
+@contextmanager
+def quiet_onnx_passes() -> Iterator[None]:
+    """Hold ``ONNX_CHATTY_LOGGERS`` at WARNING (their INFO lines are progress notes, not news), then restore."""
+    loggers = [logging.getLogger(name) for name in ONNX_CHATTY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def onnx_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int = ONNX_OPSET) -> float:
@@ -110,18 +137,19 @@ def onnx_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int = 
 
     def write(tmp: str) -> None:
         try:
-            torch.onnx.export(
-                net,
-                (example,),
-                tmp,
-                dynamo=True,
-                opset_version=opset,
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                external_data=False,
-                verbose=False,
-            )
+            with quiet_onnx_passes():
+                torch.onnx.export(
+                    net,
+                    (example,),
+                    tmp,
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=["images"],
+                    output_names=["logits"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    external_data=False,
+                    verbose=False,
+                )
         except Exception as e:
             cause = e
             while cause.__cause__ is not None:

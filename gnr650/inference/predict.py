@@ -16,9 +16,10 @@ import torch
 from gnr650.data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, is_image_file, resize_image
 from gnr650.errors import UserError
 from gnr650.files import atomic_write
+from gnr650.inference.overlay import attention_overlay_figure
 from gnr650.inference.trained_run import TrainedRun
 from gnr650.interpret.attention import attention_layers, attention_rollout, extract_attention, patch_grid
-from gnr650.interpret.figures import rollout_overview_figure, save_figure
+from gnr650.interpret.figures import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _attention_overlays(
     rollout = attention_rollout(attn, int(run.net.num_prefix_tokens), patch_grid(run.net))
     for image, amap, p in zip(images.cpu(), rollout, predictions):
         caption = f"{p.classes[0]} ({p.probabilities[0]:.1%})"
-        figure = rollout_overview_figure(image[None], amap[None], [caption], Path(p.file).name, ncols=1)
+        figure = attention_overlay_figure(image, amap, caption, Path(p.file).name)
         p.attention = str(save_figure(figure, out / f"{number[p.file]:05d}_{Path(p.file).stem}.png"))
 
 

@@ -144,7 +144,7 @@ def write_class_folders(root: Path, classes: list[str], per_class: int, size: in
 
 @pytest.mark.parametrize("group", sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml")))
 def test_every_dataset_group_resolves_under_the_eval_config(group, tmp_path):
-    """Every interpolation of the group (its own, base/dataset.yaml's, paths') has a value under eval.yaml; the
+    """Every interpolation of the group (its own, dataset_base.yaml's, paths') has a value under eval.yaml; the
     processes sharing the memory budget are the one evaluation runs, and still train.py's trainer.devices."""
     dataset = OmegaConf.to_container(_eval_cfg(["run=x", f"dataset={group}"]).dataset, resolve=True)
     assert dataset["devices"] == 1 and dataset["eval_batch_size"] == 512

@@ -4,7 +4,9 @@ PyTorch's logits; clear errors for what cannot be exported."""
 from __future__ import annotations
 
 import json
+import logging
 import re
+import stat
 import sys
 
 import numpy as np
@@ -15,7 +17,14 @@ from torch import nn
 
 from gnr650.inference import load_run
 from gnr650.inference.cli import export_main
-from gnr650.inference.export import ONNX_TOLERANCE, ExportError, onnx_export, timm_network
+from gnr650.inference.export import (
+    ONNX_CHATTY_LOGGERS,
+    ONNX_TOLERANCE,
+    ExportError,
+    onnx_export,
+    quiet_onnx_passes,
+    timm_network,
+)
 
 
 def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +57,19 @@ def test_safetensors_reload_through_timm_gives_the_runs_logits(fixture, request,
     )
     for model in (from_dir, by_name):
         assert (_logits(model, x) - expected).abs().max() <= 1e-6
+
+
+def _modes(directory) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx"])
+def test_exported_files_are_readable_like_any_file(fmt, resnet_run, umask, tmp_path):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    assert export_main([str(resnet_run), "--format", fmt, "--out", str(tmp_path)]) == 0
+    assert _modes(tmp_path) == {f"model.{fmt}": 0o666 & ~umask, "config.json": 0o666 & ~umask}
 
 
 def test_lora_run_exports_merged_for_timm_and_vpt_run_only_to_onnx(adapted_run, tmp_path, capsys):
@@ -89,6 +111,33 @@ def test_onnx_export_matches_onnx_runtime(resnet_run, tmp_path):
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     [logits] = session.run(None, {"images": x.numpy()})
     assert np.abs(logits - _logits(run.net, x).numpy()).max() <= ONNX_TOLERANCE
+
+
+def test_onnx_export_says_one_line(resnet_run, tmp_path, caplog, capfd):
+    """What was written, where, and the check's result; not the exporter's ~230 notes of its optimiser passes."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    caplog.set_level(logging.INFO)  # what the console shows: export_main logs at INFO
+    assert export_main([str(resnet_run), "--format", "onnx", "--out", str(tmp_path)]) == 0
+    printed = capfd.readouterr()
+    lines = [record.getMessage() for record in caplog.records] + (printed.out + printed.err).splitlines()
+    assert len(lines) == 1, "\n".join(lines)
+    assert re.fullmatch(
+        rf"{re.escape(str(tmp_path / 'model.onnx'))} \(opset \d+\) and config\.json; checked: ONNX Runtime's "
+        r"logits are PyTorch's within \S+ \(<= 1e-04\)",
+        lines[0],
+    )
+
+
+def test_quieted_onnx_loggers_still_warn(caplog):
+    caplog.set_level(logging.INFO)
+    levels = [logging.getLogger(name).level for name in ONNX_CHATTY_LOGGERS]
+    with quiet_onnx_passes():
+        for name in ONNX_CHATTY_LOGGERS:
+            logging.getLogger(f"{name}.passes").info("a progress note")
+            logging.getLogger(f"{name}.passes").warning("news")
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [(f"{n}.passes", "news") for n in ONNX_CHATTY_LOGGERS]
+    assert [logging.getLogger(name).level for name in ONNX_CHATTY_LOGGERS] == levels  # restored
 
 
 class DataDependent(nn.Module):

@@ -15,9 +15,10 @@ import torch
 import torchvision
 from PIL import Image
 
-from gnr650.inference import RunDirError, load_run
+from gnr650.inference import RunDirError, load_run, predict
 from gnr650.inference.cli import predict_main
 from gnr650.inference.predict import PredictInputError, collect_images, predict_files, predict_images
+from gnr650.interpret.figures import DPI
 from gnr650.models import WeightsError
 
 
@@ -95,6 +96,32 @@ def test_attention_overlays_for_vit_only(vit_run, resnet_run, images, tmp_path):
     assert len({p.attention for p in readable}) == len(readable)
     with pytest.raises(PredictInputError, match="need a ViT"):
         predict_files(load_run(resnet_run), files, attention_dir=tmp_path / "none")
+
+
+def test_attention_overlay_is_readable(vit_run, images, monkeypatch, tmp_path):
+    """A 32 px input shown at >= 256 px in sharp blocks, a translucent map over it, a slim labelled colour bar
+    no taller than the image."""
+    figures = []
+
+    def keep(figure, path):
+        figures.append(figure)
+        return path
+
+    monkeypatch.setattr(predict, "save_figure", keep)
+    predict_files(load_run(vit_run), [images / "rgb0.png"], attention_dir=tmp_path)
+    [figure] = figures
+    dpi = DPI  # save_figure's
+    panels = [ax for ax in figure.axes if ax.images]
+    [colorbar] = [ax for ax in figure.axes if not ax.images]
+    for ax in panels:
+        box = ax.get_position()
+        assert box.width * figure.get_figwidth() * dpi >= 256 and box.height * figure.get_figheight() * dpi >= 256
+        assert ax.images[0].get_interpolation() == "nearest"  # the input's pixels, not a blur of them
+    [attention] = [image for ax in panels for image in ax.images if image.get_alpha() is not None]
+    assert 0.4 <= attention.get_alpha() <= 0.5
+    bar, panel = colorbar.get_position(), panels[0].get_position()
+    assert bar.height <= panel.height and bar.width * figure.get_figwidth() <= 0.25  # inches
+    assert "attention" in colorbar.get_ylabel()
 
 
 def _copy_run(source: Path, dest: Path, **changes) -> Path:
