@@ -249,7 +249,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if fit_s:  # fit ran (frozen and knn train nothing: frozen's chance accuracy is by design, not a warning)
             results["warnings"] = learning_warnings(
                 results["metrics"]["train/acc"],
-                [e["train/loss"] for e in epoch_log.epochs if "train/loss" in e],
+                # The whole run's epochs from history.csv (a resumed run's too); without a CSV logger, this process's.
+                [e["train/loss"] for e in (history or epoch_log.epochs) if "train/loss" in e],
                 dm.num_classes,
                 _learning_rates(cfg, module),
             )

@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import re
+import signal
 import subprocess
 import sys
 
@@ -11,8 +12,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from gnr650.runs import RunInterrupted
 from gnr650.train import build, train
-from tests.helpers import ROOT, csv_rows, make_cfg
+from tests.helpers import ROOT, SignalAt, csv_rows, make_cfg
 
 SMOKE = ["debug=smoke", "logger=csv", "callbacks=default"]
 EPOCH_LINE = re.compile(r"Epoch (\d+)/2: train loss (\S+) acc (\S+)%, val loss (\S+) acc (\S+)% \((\S+) s\)")
@@ -98,6 +100,20 @@ def test_a_divergent_learning_rate_is_flagged_naming_it(tmp_path, caplog):
     assert _read(tmp_path)["warnings"] == [warning]
     last = [r for r in caplog.records if r.name.startswith("gnr650")][-1]
     assert (last.levelname, last.getMessage()) == ("WARNING", warning)  # the run ends with it
+
+
+def test_a_divergent_run_resumed_is_flagged_as_the_uninterrupted_one(tmp_path):
+    """The loss-growth rule compares the whole run's first and last epochs, also when a resumed process trained
+    only the last ones."""
+    args = SMOKE + ["model=resnet18", "optimizer.lr_head=1000", "trainer.max_epochs=3"]
+    uninterrupted = train(make_cfg(args, tmp_path / "uninterrupted"))
+    stop = [f"+callbacks.signal._target_={SignalAt.__module__}.SignalAt", "+callbacks.signal.epoch=2"]
+    stop += ["+callbacks.signal.batch=0", f"+callbacks.signal.signum={int(signal.SIGINT)}"]
+    stop += [f"+callbacks.signal.marker={tmp_path / 'signalled'}"]  # the resumed run is not stopped again
+    with pytest.raises(RunInterrupted):
+        train(make_cfg(args + stop, tmp_path / "resumed"))
+    resumed = train(make_cfg(args + stop + ["resume=true"], tmp_path / "resumed"))
+    assert uninterrupted["warnings"] and resumed["warnings"] == uninterrupted["warnings"]
 
 
 def test_a_run_that_learns_is_not_flagged(tmp_path, caplog):
