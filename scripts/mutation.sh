@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Mutation testing (mutmut 3) of one numeric-core module against the tests that cover it; not run in CI (minutes
+# per module). The work lives in .mutation/<module>/ (a copy of the tree), so a rerun continues where the last one
+# stopped and re-tests only what changed. Usage:
+#   scripts/mutation.sh gnr650/summary/significance.py            # the module's tests from the table below
+#   scripts/mutation.sh gnr650/data/splits.py tests/data/test_data.py  # or name the tests
+# MUTATION_TIME_LIMIT (seconds, default 3600) bounds the run; the results so far are printed either way.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+module="${1:?usage: scripts/mutation.sh gnr650/<module>.py [tests...]}"
+shift
+[ -f "$repo/$module" ] || { echo "scripts/mutation.sh: error: no such module: $module" >&2; exit 2; }
+
+if [ $# -gt 0 ]; then
+  tests=("$@")
+else
+  case "$module" in
+    gnr650/finetune/*) tests=(tests/finetune) ;;
+    gnr650/interpret/*) tests=(tests/interpret/test_analysis.py tests/interpret/test_change.py tests/interpret/test_interpret.py) ;;
+    gnr650/summary/*) tests=(tests/summary/test_significance.py tests/summary/test_changes.py tests/summary/test_summary.py) ;;
+    gnr650/data/*) tests=(tests/data) ;;
+    gnr650/inference/*) tests=(tests/inference) ;;
+    gnr650/training/*) tests=(tests/training) ;;
+    *) echo "scripts/mutation.sh: error: no test table entry for $module; name the tests after it" >&2; exit 2 ;;
+  esac
+fi
+
+work="$repo/.mutation/$(echo "${module%.py}" | tr / _)"
+mkdir -p "$work"
+# A fresh copy of the tracked and new files (mutmut mutates its own copy under $work/mutants/).
+(cd "$repo" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work")
+toml_list() { printf '"%s", ' "$@" | sed 's/, $//'; }
+cat >> "$work/pyproject.toml" <<TOML
+
+[tool.mutmut]
+source_paths = ["gnr650"]
+only_mutate = ["$module"]
+pytest_add_cli_args_test_selection = [$(toml_list "${tests[@]}")]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+TOML
+
+cd "$work"
+status=0
+run() { timeout "${MUTATION_TIME_LIMIT:-3600}" mutmut run --max-children "${MUTATION_CHILDREN:-2}" "$@" >>mutmut-run.log 2>&1; }
+: >mutmut-run.log
+run || status=$?
+# mutmut keeps a verdict until the mutated function changes: retest the survivors, the tests may be new.
+survivors=$(mutmut results 2>/dev/null | awk -F: '/: survived$/ {gsub(/ /, "", $1); print $1}')
+[ "$status" -eq 0 ] && [ -n "$survivors" ] && { run $survivors || status=$?; }
+[ "$status" -eq 124 ] && echo "stopped at MUTATION_TIME_LIMIT; rerun to continue"
+[ "$status" -ne 0 ] && [ "$status" -ne 124 ] && { tail -20 mutmut-run.log; exit "$status"; }
+python - "$module" <<'PY'
+"""Score from mutmut's own result list: killed / (killed + survived); timeouts count as killed, as mutmut does."""
+import subprocess, sys
+out = subprocess.run(["mutmut", "results", "--all", "true"], capture_output=True, text=True).stdout
+states = [line.rsplit(":", 1)[1].strip() for line in out.splitlines() if ":" in line]
+killed = sum(s in ("killed", "timeout") for s in states)
+survived = [line.strip() for line in out.splitlines() if line.rstrip().endswith("survived")]
+print("\n".join(survived))
+total = killed + len(survived)
+print(f"{sys.argv[1]}: {killed}/{total} mutants killed ({killed / max(total, 1):.0%}); "
+      f"{len(states) - total} not checked (no test covers them, or not run yet). Inspect one: cd {__import__('os').getcwd()} && mutmut show NAME")
+PY
