@@ -163,7 +163,8 @@
     const ticks = element("div", { className: "ae-ticks" });
     const tick = (value, text, extra = "") => {
       const top = high > low ? (100 * (high - value)) / (high - low) : 50;
-      ticks.append(element("span", { className: "ae-tick " + extra, textContent: text, style: `top: ${top}%` }));
+      const props = { className: "ae-tick " + extra, textContent: text, title: String(value), style: `top: ${top}%` };
+      ticks.append(element("span", props));
     };
     tick(high, format(high), "ae-max");
     if (high > low) tick((low + high) / 2, format((low + high) / 2));

@@ -44,7 +44,9 @@ def attention_arrays(
         "labels": labels,
         "predictions": np.where(wrong, (labels + 1) % n_images, labels),
         "class_names": np.array(classes),
-        "images": np.random.default_rng(42).integers(0, 255, size=(n_images, 3, image_size, image_size), dtype=np.uint8),
+        "images": np.random.default_rng(42).integers(
+            0, 255, size=(n_images, 3, image_size, image_size), dtype=np.uint8
+        ),
         "layer_names": np.array([f"blocks.{i}" for i in range(n_layers)]),
     }
     if not predictions:

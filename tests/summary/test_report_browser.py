@@ -20,6 +20,7 @@ ARTIFACTS = Path(os.environ.get("GNR650_TEST_ARTIFACTS", Path(__file__).resolve(
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM, reason="chromium not installed")]
 
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     chromium = Chromium(CHROMIUM, tmp_path_factory.mktemp("chromium-profile"))
