@@ -97,10 +97,11 @@
   }
 
   // The image in grey, drawn once per size: the colours of the map stay readable on top of it.
-  const greys = new Map();
+  const greys = new WeakMap();
   function grey(image, width, height) {
-    const key = `${image.src.length}:${image.src.slice(-32)}:${width}x${height}`;
-    if (!greys.has(key)) {
+    if (!greys.has(image)) greys.set(image, new Map());
+    const sized = greys.get(image), key = `${width}x${height}`;
+    if (!sized.has(key)) {
       const canvas = element("canvas", { width, height });
       const ctx = canvas.getContext("2d");
       ctx.drawImage(image, 0, 0, width, height);
@@ -108,9 +109,9 @@
       const p = pixels.data;
       for (let i = 0; i < p.length; i += 4) p[i] = p[i + 1] = p[i + 2] = 0.299 * p[i] + 0.587 * p[i + 1] + 0.114 * p[i + 2];
       ctx.putImageData(pixels, 0, 0);
-      greys.set(key, canvas);
+      sized.set(key, canvas);
     }
-    return greys.get(key);
+    return sized.get(key);
   }
 
   function colourOf(t) {

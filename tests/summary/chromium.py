@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+# Screenshots and pages the browser tests keep for a person to look at.
+ARTIFACTS = Path(os.environ.get("GNR650_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 IMAGES_JS = "JSON.stringify([...document.images].map(i => ({complete: i.complete, width: i.naturalWidth})))"
 
 

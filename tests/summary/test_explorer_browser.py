@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from gnr650.summary.explorer import explorer_section
-from tests.summary.chromium import CHROMIUM, Chromium
+from tests.summary.chromium import ARTIFACTS, CHROMIUM, Chromium
 from tests.summary.test_explorer import SMALL, make_jobs
-from tests.summary.test_report_browser import ARTIFACTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM, reason="chromium not installed")]
 
@@ -60,13 +59,6 @@ def mark(e, image: int) -> str:
         return "? prediction not saved"
     predicted = int(e.predictions[image])
     return "✓ correct" if predicted == e.labels[image] else f"✗ predicted {e.class_names[predicted]}"
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    chromium = Chromium(CHROMIUM, tmp_path_factory.mktemp("chromium-profile"))
-    yield chromium
-    chromium.close()
 
 
 def test_explorer_switches_class_layer_job_and_head(tmp_path: Path, browser: Chromium):

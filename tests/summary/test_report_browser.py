@@ -6,26 +6,16 @@ The screenshot and the page are kept as artefacts in $GNR650_TEST_ARTIFACTS (def
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from gnr650.summary import write_summary
-from tests.summary.chromium import CHROMIUM, Chromium
+from tests.summary.chromium import ARTIFACTS, CHROMIUM, Chromium
 from tests.summary.jobs import make_job
 
-ARTIFACTS = Path(os.environ.get("GNR650_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
-
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM, reason="chromium not installed")]
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    chromium = Chromium(CHROMIUM, tmp_path_factory.mktemp("chromium-profile"))
-    yield chromium
-    chromium.close()
 
 
 def test_report_loads_from_disk_with_all_images(two_by_two: Path, browser: Chromium):  # noqa: F811
