@@ -135,11 +135,15 @@ def save_attention_npz(
     grid: tuple[int, int],
     num_prefix_tokens: int,
     labels: torch.Tensor,
+    predictions: torch.Tensor,
     class_names: list[str],
     images: torch.Tensor,
     layer_names: list[str],
 ) -> None:
-    """The raw arrays for cross-run comparison (format shared with the comparison tooling)."""
+    """The raw arrays for cross-run comparison (format shared with the comparison tooling).
+
+    ``predictions``: the model's class index for each image (files written before it was added lack the key).
+    """
     np.savez_compressed(
         path,
         cls_attention=cls_attention(attn).numpy().astype(np.float32),
@@ -147,6 +151,7 @@ def save_attention_npz(
         grid=np.asarray(grid, dtype=np.int64),
         num_prefix_tokens=np.int64(num_prefix_tokens),
         labels=labels.numpy().astype(np.int64),
+        predictions=predictions.numpy().astype(np.int64),
         class_names=np.asarray(class_names, dtype=str),
         images=images.numpy().astype(np.uint8),
         layer_names=np.asarray(layer_names, dtype=str),

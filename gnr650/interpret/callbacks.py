@@ -319,7 +319,8 @@ class FeatureMapExport(ArtifactExport):
 class AttentionExport(ArtifactExport):
     """ViT CLS-to-patch attention of every layer and attention rollout for ``images_per_class`` images of
     each class of ``split`` (drawn with ``seed``): one figure per image in ``attention/<phase>/``, a
-    rollout overview, and the raw arrays (``attention.npz`` for ``end``, ``attention_<phase>.npz`` else).
+    rollout overview, and the raw arrays (``attention.npz`` for ``end``, ``attention_<phase>.npz`` else) with the
+    model's prediction for each image (so the summary can mark each job right or wrong on it).
 
     ``per_head_layers``: layer indices (negative allowed) also shown per head; default first, middle, last.
     """
@@ -347,7 +348,9 @@ class AttentionExport(ArtifactExport):
         idx = attn_lib.images_per_class(data.labels, len(dm.class_names), self.images_per_class, self.seed)
         images, labels = data.images[idx], data.labels[idx]
         net = pl_module.net
-        attn, layer_names = attn_lib.extract_attention(net, _inputs(pl_module, images))
+        with attn_lib.capture_outputs({"logits": net}) as outputs:  # the same forward pass: no second one
+            attn, layer_names = attn_lib.extract_attention(net, _inputs(pl_module, images))
+        predictions = outputs["logits"][0].argmax(dim=1).cpu()
         grid, prefix = attn_lib.patch_grid(net), int(net.num_prefix_tokens)
         maps = attn_lib.patch_maps(attn_lib.cls_attention(attn), prefix, grid)  # [B, L, H, gh, gw]
         rollout = attn_lib.attention_rollout(attn, prefix, grid)
@@ -384,7 +387,16 @@ class AttentionExport(ArtifactExport):
         entries.append(entry(ArtifactKind.ATTENTION_ROLLOUT, path, phase=phase, epoch=epoch))
         npz = "attention.npz" if phase == PHASE_END else f"attention_{phase}.npz"
         attn_lib.save_attention_npz(
-            self.artifacts_dir / npz, attn, rollout, grid, prefix, labels, list(dm.class_names), images, layer_names
+            self.artifacts_dir / npz,
+            attn,
+            rollout,
+            grid,
+            prefix,
+            labels,
+            predictions,
+            list(dm.class_names),
+            images,
+            layer_names,
         )
         entries.append(entry(ArtifactKind.ATTENTION_NPZ, npz, phase=phase, epoch=epoch))
         return entries

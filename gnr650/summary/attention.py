@@ -30,9 +30,11 @@ class JobAttention:
 
     job: Job
     index: int  # the job's position in the multirun, for its colour
+    heads: np.ndarray  # [n_images, n_layers, n_heads, grid_h, grid_w], per head
     maps: np.ndarray  # [n_images, n_layers, grid_h, grid_w], head mean
     rollout: np.ndarray  # [n_images, grid_h, grid_w]
     labels: np.ndarray  # [n_images]
+    predictions: np.ndarray | None  # [n_images] the model's class per image; None in files written before it
     class_names: list[str]
     images: np.ndarray  # [n_images, 3, H, W] uint8
     layer_names: list[str]
@@ -51,15 +53,16 @@ def load_attention(jobs: list[Job]) -> list[JobAttention]:
                 cls = z["cls_attention"].astype(np.float32)
                 prefix = int(z["num_prefix_tokens"])
                 grid_h, grid_w = (int(g) for g in z["grid"])
-                n_images, n_layers = cls.shape[:2]
-                maps = cls[..., prefix:].mean(axis=2).reshape(n_images, n_layers, grid_h, grid_w)
+                heads = cls[..., prefix:].reshape(*cls.shape[:3], grid_h, grid_w)
                 attentions.append(
                     JobAttention(
                         job=job,
                         index=index,
-                        maps=maps,
+                        heads=heads,
+                        maps=heads.mean(axis=2),
                         rollout=z["rollout"].astype(np.float32),
                         labels=z["labels"],
+                        predictions=z["predictions"] if "predictions" in z.files else None,
                         class_names=[str(c) for c in z["class_names"]],
                         images=z["images"],
                         layer_names=[str(n).removesuffix(".attn") for n in z["layer_names"]],

@@ -212,6 +212,9 @@ def test_vit_exports_attention_for_every_class(tmp_path):
         assert z["rollout"].shape == (len(CLASSES), 3, 3) and z["grid"].tolist() == [3, 3]
         assert z["labels"].tolist() == [0, 1, 2, 3] and z["class_names"].tolist() == CLASSES
         assert z["images"].shape == (len(CLASSES), 3, 32, 32) and z["images"].dtype == np.uint8
+        with torch.no_grad():  # the best weights' predictions, recomputed here from the saved images
+            logits = model.net.eval()(model.preprocess(torch.from_numpy(z["images"])))
+        assert z["predictions"].tolist() == logits.argmax(dim=1).tolist()
     rows = read_csv(artifacts / "vit_weight_norms.csv")
     assert len(rows) == 2 * 48 and rows[0]["layer"] == "blocks.0.attn.qkv"
     assert all(blk.attn.fused_attn for blk in model.net.blocks)  # training stays on the fused path

@@ -260,7 +260,16 @@ def test_attention_npz_format(tmp_path):
     attn, names = attn_lib.extract_attention(net, images.float() / 255)
     rollout = attn_lib.attention_rollout(attn, 1, (2, 2))
     attn_lib.save_attention_npz(
-        tmp_path / "a.npz", attn, rollout, (2, 2), 1, torch.tensor([0, 1, 2]), ["a", "b", "c", "d"], images, names
+        tmp_path / "a.npz",
+        attn,
+        rollout,
+        (2, 2),
+        1,
+        torch.tensor([0, 1, 2]),
+        torch.tensor([0, 3, 2]),
+        ["a", "b", "c", "d"],
+        images,
+        names,
     )
     with np.load(tmp_path / "a.npz", allow_pickle=False) as z:
         assert z["cls_attention"].dtype == np.float32 and z["cls_attention"].shape == (3, 12, 3, 5)
@@ -268,6 +277,7 @@ def test_attention_npz_format(tmp_path):
         assert z["rollout"].dtype == np.float32 and z["rollout"].shape == (3, 2, 2)
         assert z["grid"].tolist() == [2, 2] and int(z["num_prefix_tokens"]) == 1
         assert z["labels"].dtype == np.int64 and z["class_names"].tolist() == ["a", "b", "c", "d"]
+        assert z["predictions"].dtype == np.int64 and z["predictions"].tolist() == [0, 3, 2]
         assert z["images"].dtype == np.uint8 and z["images"].shape == (3, 3, 32, 32)
         assert z["layer_names"].tolist() == names
 

@@ -6,7 +6,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.summary.chromium import CHROMIUM, Chromium
 from tests.summary.jobs import make_job
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A headless Chromium for the browser tests (slow tier), one per test module."""
+    if not CHROMIUM:
+        pytest.skip("chromium not installed")
+    chromium = Chromium(CHROMIUM, tmp_path_factory.mktemp("chromium-profile"))
+    yield chromium
+    chromium.close()
 
 
 @pytest.fixture

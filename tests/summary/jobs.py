@@ -15,24 +15,43 @@ CLASSES = ["AnnualCrop", "Forest"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def attention_arrays(sharpness: float, n_layers: int = 3, grid: int = 4, seed: int = 0) -> dict:
-    """An attention.npz payload; attention gets more diffuse with depth, scaled by `sharpness`."""
+def attention_arrays(
+    sharpness: float,
+    n_layers: int = 3,
+    grid: int = 4,
+    seed: int = 0,
+    heads: int = 2,
+    classes: list[str] = CLASSES,
+    image_size: int = 32,
+    predictions: bool = True,
+) -> dict:
+    """An attention.npz payload, one image per class; attention gets more diffuse with depth, scaled by `sharpness`.
+    Predictions are right for about two thirds of the images (`predictions=False`: a file from before they were
+    saved)."""
     rng = np.random.default_rng(seed)
-    n_images, heads, prefix = len(CLASSES), 2, 1
+    n_images, prefix = len(classes), 1
     logits = rng.normal(size=(n_images, n_layers, heads, prefix + grid * grid))
     depth = np.linspace(sharpness, 0.2, n_layers)[None, :, None, None]
     cls = np.exp(logits * depth * 3)
     cls /= cls.sum(axis=-1, keepdims=True)
-    return {
+    labels = np.arange(n_images, dtype=np.int64)
+    wrong = rng.random(n_images) < 1 / 3
+    arrays = {
         "cls_attention": cls.astype(np.float32),
         "rollout": cls[:, -1, :, prefix:].mean(axis=1).reshape(n_images, grid, grid).astype(np.float32),
         "grid": np.array([grid, grid]),
         "num_prefix_tokens": np.array(prefix),
-        "labels": np.arange(n_images, dtype=np.int64),
-        "class_names": np.array(CLASSES),
-        "images": np.random.default_rng(42).integers(0, 255, size=(n_images, 3, 32, 32), dtype=np.uint8),
+        "labels": labels,
+        "predictions": np.where(wrong, (labels + 1) % n_images, labels),
+        "class_names": np.array(classes),
+        "images": np.random.default_rng(42).integers(
+            0, 255, size=(n_images, 3, image_size, image_size), dtype=np.uint8
+        ),
         "layer_names": np.array([f"blocks.{i}" for i in range(n_layers)]),
     }
+    if not predictions:
+        del arrays["predictions"]
+    return arrays
 
 
 def make_job(
@@ -46,13 +65,14 @@ def make_job(
     warnings: list[str] | None = None,
     epochs: int = 3,
     attention: float | None = None,
+    attention_shape: dict | None = None,
     kernel_norms: bool = False,
     attention_path: str = "attention.npz",
     kernel_norms_path: str = "kernel_norms.csv",
     index: bool = True,
 ) -> Path:
     """A fake Hydra job directory; `status=None` leaves no results.json (a killed job); `warnings` as a run that
-    did not learn writes them.
+    did not learn writes them; `attention_shape`: `attention_arrays`' keyword arguments.
 
     Artefacts are written at the given paths under artifacts/ and listed in its index as the export callbacks
     do (`index=False`: no index, as in runs older than it).
@@ -74,7 +94,7 @@ def make_job(
     artifacts, entries = artifacts_dir(job), []
     if attention is not None:
         (artifacts / attention_path).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(artifacts / attention_path, **attention_arrays(attention))
+        np.savez(artifacts / attention_path, **attention_arrays(attention, **(attention_shape or {})))
         entries.append(entry(ArtifactKind.ATTENTION_NPZ, attention_path, phase="end", epoch=epochs))
     if kernel_norms:
         (artifacts / kernel_norms_path).parent.mkdir(parents=True, exist_ok=True)
