@@ -57,6 +57,20 @@ def parameter_groups(net: nn.Module) -> dict[str, list[str]]:
     return groups
 
 
+NORM_LAYERS, WEIGHT_LAYERS = "normalisation layers (BatchNorm, LayerNorm)", "conv, linear and embedding layers"
+
+
+def layer_kinds(net: nn.Module, names: list[str]) -> dict[str, list[str]]:
+    """The layers ``names`` (as in ``parameter_groups``) split into normalisation layers (any ``*Norm*`` module:
+    torch's and timm's BatchNorm/LayerNorm/GroupNorm/RmsNorm) and the rest, each in the given order."""
+    modules = dict(net.named_modules())
+    kinds: dict[str, list[str]] = {WEIGHT_LAYERS: [], NORM_LAYERS: []}
+    for name in names:
+        module = modules.get("" if name == ROOT_PARAMS else name)
+        kinds[NORM_LAYERS if "Norm" in type(module).__name__ else WEIGHT_LAYERS].append(name)
+    return kinds
+
+
 RESNET_STAGE = re.compile(r"layer\d+")
 
 

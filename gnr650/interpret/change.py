@@ -179,11 +179,10 @@ class ChangeAnalysis(ArtifactExport):
             for m, d in drift.items()
         ]
         entries += self._csv("weight_drift.csv", ArtifactKind.WEIGHT_DRIFT_CSV, drift_rows, epoch)
-        layer_names = [m for m in groups if m not in blocks]
+        kinds = an.layer_kinds(net, [m for m in groups if m not in blocks])
         entries += self._plot(
-            figs.per_layer_figure(
-                {"layers": [drift[m] for m in layer_names]},
-                layer_names,
+            figs.drift_figure(
+                {kind: {m: drift[m] for m in layers} for kind, layers in kinds.items()},
                 f"{name}: weight drift ‖W_end − W0‖F / ‖W0‖F, {where}",
                 "relative change",
             ),

@@ -5,27 +5,30 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from gnr650.interpret.figures import ATTENTION_CMAP, _hwc
 
 
-def _layer_axes(names: list[str], title: str, ylabel: str, width: float = 0.3) -> tuple[Figure, object]:
-    fig = Figure(figsize=(max(6.0, width * len(names) + 2), 4), layout="constrained")
-    ax = fig.subplots()
-    ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 12 else 45, fontsize=7, ha="center")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    return fig, ax
-
-
-def per_layer_figure(series: dict[str, list[float]], names: list[str], title: str, ylabel: str) -> Figure:
-    """One line per series over the layers in network order."""
-    fig, ax = _layer_axes(names, title, ylabel)
-    for label, values in series.items():
-        ax.plot(range(len(names)), values, marker="o", markersize=3, label=label)
-    ax.legend(fontsize=8)
+def drift_figure(panels: dict[str, dict[str, float]], title: str, ylabel: str) -> Figure:
+    """One panel per kind of layer (``{kind: {layer: value}}``, layers in network order), each with its own
+    layers and scale: a conv and the norm after it differ by orders of magnitude, so one line through both
+    would be a meaningless sawtooth."""
+    panels = {kind: values for kind, values in panels.items() if values}
+    width = max(6.0, 0.3 * max(len(values) for values in panels.values()) + 2)
+    fig = Figure(figsize=(width, 3.2 * len(panels) + 0.6), layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (kind, values) in zip(axes, panels.items()):
+        names = list(values)
+        ax.plot(range(len(names)), list(values.values()), marker="o", markersize=3, label=kind)
+        ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 12 else 45, fontsize=7)
+        ax.set_title(f"{kind} ({len(names)})", fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("layer (module name, network order)")
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -47,7 +50,7 @@ def panels_figure(panels: list[tuple[str, str, list[str], dict[str, list]]], tit
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(panel_title, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over the data
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -133,5 +136,6 @@ def gradcam_figure(images: torch.Tensor, maps: np.ndarray, captions: list[str], 
         ax.imshow(_hwc(image))
         ax.imshow(amap, cmap=ATTENTION_CMAP, alpha=0.5, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
         ax.set_title(caption, fontsize=8)
+    fig.colorbar(ScalarMappable(Normalize(0, 1), ATTENTION_CMAP), ax=axes, shrink=0.6, label="Grad-CAM (0-1)")
     fig.suptitle(title, fontsize=10)
     return fig

@@ -134,10 +134,19 @@ def feature_map_figure(
     return fig
 
 
+def draw_patch_grid(ax, grid: tuple[int, int], width: float, height: float) -> None:
+    """Thin white borders between the patches of a ``grid`` (rows, cols) map drawn over a width x height image."""
+    rows, cols = grid
+    ax.hlines(np.arange(1, rows) * height / rows, 0, width, colors="white", lw=0.3, alpha=0.4)
+    ax.vlines(np.arange(1, cols) * width / cols, 0, height, colors="white", lw=0.3, alpha=0.4)
+
+
 def _overlay(ax, image: np.ndarray, amap: torch.Tensor, title: str):
-    """Dimmed greyscale image under an attention map scaled to the map's max (bilinear up to the image
-    size); grey keeps the image's colours from being read as attention."""
-    extent = (0, image.shape[1], image.shape[0], 0)
+    """Dimmed greyscale image under an attention map scaled to the map's max, one flat cell per patch (nearest:
+    a bilinear blur would invent detail between patches) with the patch borders drawn; grey keeps the image's
+    colours from being read as attention."""
+    height, width = image.shape[:2]
+    extent = (0, width, height, 0)
     ax.imshow(image.mean(axis=2), cmap="gray", vmin=0, vmax=1.5 * 255, extent=extent)
     ax.imshow(
         (amap / amap.max().clamp_min(1e-12)).numpy(),
@@ -146,8 +155,9 @@ def _overlay(ax, image: np.ndarray, amap: torch.Tensor, title: str):
         vmax=1,
         alpha=0.6,
         extent=extent,
-        interpolation="bilinear",
+        interpolation="nearest",
     )
+    draw_patch_grid(ax, amap.shape, width, height)
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
 

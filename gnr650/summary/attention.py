@@ -14,14 +14,16 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from gnr650.interpret.figures import ATTENTION_CMAP, draw_patch_grid
 from gnr650.interpret.index import PHASE_END, ArtifactKind, artifacts_dir, find_artifacts
 from gnr650.summary.collect import Job
-from gnr650.summary.figures import colour
+from gnr650.summary.figures import job_legend, job_style, titled
 
 log = logging.getLogger(__name__)
-LINESTYLES = ("-", "--", "-.", ":")  # identical jobs (last vs frozen) overlap: keep both visible
 
 
 @dataclass
@@ -32,6 +34,7 @@ class JobAttention:
     index: int  # the job's position in the multirun, for its colour
     heads: np.ndarray  # [n_images, n_layers, n_heads, grid_h, grid_w], per head
     maps: np.ndarray  # [n_images, n_layers, grid_h, grid_w], head mean
+    entropy: np.ndarray  # [n_images, n_layers] nats, mean over heads (as analysis.json's attention_entropy)
     rollout: np.ndarray  # [n_images, grid_h, grid_w]
     labels: np.ndarray  # [n_images]
     predictions: np.ndarray | None  # [n_images] the model's class per image; None in files written before it
@@ -54,12 +57,15 @@ def load_attention(jobs: list[Job]) -> list[JobAttention]:
                 prefix = int(z["num_prefix_tokens"])
                 grid_h, grid_w = (int(g) for g in z["grid"])
                 heads = cls[..., prefix:].reshape(*cls.shape[:3], grid_h, grid_w)
+                p = cls[..., prefix:] / np.clip(cls[..., prefix:].sum(axis=-1, keepdims=True), 1e-12, None)
+                entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=-1).mean(axis=2)
                 attentions.append(
                     JobAttention(
                         job=job,
                         index=index,
                         heads=heads,
                         maps=heads.mean(axis=2),
+                        entropy=entropy,
                         rollout=z["rollout"].astype(np.float32),
                         labels=z["labels"],
                         predictions=z["predictions"] if "predictions" in z.files else None,
@@ -99,7 +105,8 @@ def _pick_image(attentions: list[JobAttention], class_name: str) -> list[int | N
 
 
 def _show(ax, image: np.ndarray, heat: np.ndarray | None = None) -> None:
-    """The image, dimmed under a per-map min-max normalised heat map on the patch grid."""
+    """The image, dimmed under a per-map min-max normalised heat map drawn cell by cell (nearest) on the patch
+    grid, with the patch borders drawn."""
     rgb = np.transpose(image, (1, 2, 0))
     height, width = rgb.shape[:2]
     ax.imshow(rgb if heat is None else rgb.mean(axis=2), cmap="gray", extent=(0, width, height, 0))
@@ -107,36 +114,51 @@ def _show(ax, image: np.ndarray, heat: np.ndarray | None = None) -> None:
         span = float(heat.max() - heat.min()) or 1.0
         ax.imshow(
             (heat - heat.min()) / span,
-            cmap="inferno",
+            cmap=ATTENTION_CMAP,
             alpha=0.6,
             vmin=0,
             vmax=1,
             interpolation="nearest",
             extent=(0, width, height, 0),
         )
+        draw_patch_grid(ax, heat.shape, width, height)
     ax.set_xticks([])
     ax.set_yticks([])
 
 
+def _verdict(e: JobAttention, pick: int) -> tuple[str, str] | None:
+    """('right: <class>' | 'wrong: <class>', colour) for the job's prediction of the image; None when the
+    job's file has no predictions."""
+    if e.predictions is None:
+        return None
+    predicted = e.class_names[int(e.predictions[pick])]
+    if e.predictions[pick] == e.labels[pick]:
+        return f"right: {predicted}", "tab:green"
+    return f"wrong: {predicted}", "tab:red"
+
+
 def class_figure(attentions: list[JobAttention], class_name: str) -> Figure:
-    """Rows: jobs (then one rollout row); columns: the image, then one per layer."""
+    """Rows: jobs (then one rollout row); columns: the image (with the job's prediction, where exported), then
+    one per layer; one colour bar for all maps (each is min-max scaled on its own)."""
     picks = _pick_image(attentions, class_name)
     n_layers = max(e.maps.shape[1] for e in attentions)
     n_cols = 1 + max(n_layers, len(attentions))
     n_rows = len(attentions) + 1
-    fig = Figure(figsize=(max(8.0, 1.35 * n_cols + 1.2), 1.45 * n_rows + 1.0), layout="constrained")
+    fig = Figure(figsize=(max(8.0, 1.35 * n_cols + 2.0), 1.55 * n_rows + 1.0), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for row, (e, pick) in enumerate(zip(attentions, picks)):
         axes[row, 0].set_axis_on()
-        axes[row, 0].set_ylabel(e.job.label.replace(", ", "\n"), fontsize=8, color=colour(e.index))
+        axes[row, 0].set_ylabel(e.job.label.replace(", ", "\n"), fontsize=8)
         if pick is None:
             axes[row, 0].text(0.5, 0.5, "no image\nof this class", ha="center", va="center", fontsize=7)
             axes[row, 0].set_xticks([])
             axes[row, 0].set_yticks([])
             continue
         _show(axes[row, 0], e.images[pick])
+        if verdict := _verdict(e, pick):
+            axes[row, 0].set_xlabel(verdict[0], fontsize=7, color=verdict[1], labelpad=1)
         for layer in range(e.maps.shape[1]):
             ax = axes[row, layer + 1]
             ax.set_axis_on()
@@ -154,7 +176,13 @@ def class_figure(attentions: list[JobAttention], class_name: str) -> Figure:
             continue
         rollout_row[col].set_axis_on()
         _show(rollout_row[col], e.images[pick], e.rollout[pick])
-        rollout_row[col].set_title(e.job.label.replace(", ", "\n"), fontsize=7, color=colour(e.index))
+        rollout_row[col].set_title(e.job.label.replace(", ", "\n"), fontsize=7)
+    fig.colorbar(
+        ScalarMappable(Normalize(0, 1), ATTENTION_CMAP),
+        ax=axes,
+        shrink=min(0.5, 4 / n_rows),
+        label="attention, min–max scaled per map",
+    )
     fig.suptitle(
         f"Class {class_name}\nCLS-to-patch attention (head mean) per layer, one row per job; "
         "last row: attention rollout",
@@ -164,30 +192,30 @@ def class_figure(attentions: list[JobAttention], class_name: str) -> Figure:
 
 
 def entropy_figure(attentions: list[JobAttention]) -> Figure | None:
-    """Normalised entropy of the CLS-to-patch attention per layer (mean over images): lower is sharper."""
+    """Entropy (nats) of the CLS-to-patch attention per layer, mean over heads and exported images, the same
+    quantity as analysis.json's ``attention_entropy``: lower is sharper; ln(patches) is uniform attention."""
     if not attentions:
         return None
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = Figure(figsize=(10, 4.8), layout="constrained")
     ax = fig.add_subplot()
-    for n, e in enumerate(attentions):
-        p = e.maps.reshape(*e.maps.shape[:2], -1)
-        p = p / np.clip(p.sum(axis=-1, keepdims=True), 1e-12, None)
-        entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=-1) / np.log(p.shape[-1])
-        ax.plot(
-            np.arange(1, p.shape[1] + 1),
-            entropy.mean(axis=0),
-            color=colour(e.index),
-            label=e.job.label,
-            ls=LINESTYLES[n % len(LINESTYLES)],
-            marker="os^Dv"[n % 5],
-            ms=4,
+    series, legend = {}, {}
+    for e in attentions:
+        series[e.job.label] = e.entropy.mean(axis=0)
+        (legend[e.job.label],) = ax.plot(e.layer_names, series[e.job.label], **job_style(e.index).line())
+    for n_patches in sorted({int(np.prod(e.maps.shape[2:])) for e in attentions}):
+        ax.axhline(np.log(n_patches), color="0.4", lw=0.8, ls=":")
+        ax.annotate(
+            f"uniform over {n_patches} patches: ln {n_patches} = {np.log(n_patches):.2f} nats",
+            (0, np.log(n_patches)),
+            xycoords=("axes fraction", "data"),
+            xytext=(4, -10),
+            textcoords="offset points",
+            fontsize=7,
+            color="0.3",
         )
-    ax.set(
-        title="Sharpness of CLS attention per layer (lower entropy = sharper)",
-        xlabel="Layer",
-        ylabel="Normalised entropy of CLS-to-patch attention",
-    )
-    ax.set_xticks(np.arange(1, max(e.maps.shape[1] for e in attentions) + 1))
+    titled(ax, "Sharpness of the CLS token's attention per layer (lower entropy = sharper)", series)
+    ax.set(xlabel="Layer (module name)", ylabel="Entropy of CLS-to-patch attention (nats)")
+    ax.tick_params(axis="x", labelsize=8, rotation=45)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    job_legend(fig, legend)
     return fig

@@ -19,7 +19,7 @@ from gnr650.interpret.index import PHASE_END, ArtifactKind, artifacts_dir, find_
 
 from . import significance as sig
 from .collect import Job
-from .figures import colour
+from .figures import job_legend, job_style, titled
 from .tables import Table, percent
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ def load_analyses(jobs: list[Job]) -> list[tuple[int, Job, dict]]:
 
 
 def per_layer_figure(analyses: list[tuple[int, Job, dict]]) -> Figure | None:
-    """Drift per block, CKA, end probe accuracy and mean attention distance (head mean), one line per job."""
+    """Drift per block, CKA, end probe accuracy and mean attention distance (head mean), one line per job in its
+    style; lines drawn over identical ones are named in the panel's title, the legend sits outside."""
     if not analyses:
         return None
     panels = [
@@ -69,18 +70,21 @@ def per_layer_figure(analyses: list[tuple[int, Job, dict]]) -> Figure | None:
             lambda a: {k: float(np.mean(v["end"])) for k, v in a.get("attention_distance", {}).items()},
         ),
     ]
-    fig = Figure(figsize=(11, 3 * len(panels)), layout="constrained")
+    fig = Figure(figsize=(12, 3.2 * len(panels)), layout="constrained")
     axes = fig.subplots(len(panels), 1)
+    legend = {}
     for ax, (title, values_of) in zip(axes, panels):
+        drawn = {}
         for i, job, analysis in analyses:
             values = values_of(analysis)
             if values:
-                ax.plot(list(values), list(values.values()), marker="o", markersize=3, color=colour(i), label=job.label)
-        ax.set_title(title, fontsize=10)
+                (legend[job.label],) = ax.plot(list(values), list(values.values()), **job_style(i).line())
+                drawn[job.label] = np.array(list(values.values()), dtype=float)
+        titled(ax, title, drawn)
+        ax.set_xlabel("Layer (module name)", fontsize=8)
         ax.tick_params(axis="x", labelsize=7, rotation=45)
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
+    job_legend(fig, legend)
     return fig
 
 
@@ -141,7 +145,7 @@ def observations(jobs: list[Job], analyses: list[tuple[int, Job, dict]]) -> list
     # 2. "the initial layers consistently show better attention maps": local vs global attention along depth.
     vit = [(job, a) for _, job, a in analyses if a.get("attention_distance")]
     if vit:
-        parts, holds = [], 0
+        parts, sharper = [], []
         for job, a in vit:
             blocks = list(a["attention_distance"])
             third = max(1, len(blocks) // 3)
@@ -149,7 +153,8 @@ def observations(jobs: list[Job], analyses: list[tuple[int, Job, dict]]) -> list
             late = float(np.mean([np.mean(a["attention_distance"][b]["end"]) for b in blocks[-third:]]))
             ent_early = float(np.mean([a["attention_entropy"][b]["end"] for b in blocks[:third]]))
             ent_late = float(np.mean([a["attention_entropy"][b]["end"] for b in blocks[-third:]]))
-            holds += ent_early < ent_late
+            if ent_early < ent_late:
+                sharper.append(job.label)
             parts.append(
                 f"{job.label}: first {third} blocks {early:.1f} px / {ent_early:.2f} nats, "
                 f"last {third} blocks {late:.1f} px / {ent_late:.2f} nats"
@@ -157,7 +162,8 @@ def observations(jobs: list[Job], analyses: list[tuple[int, Job, dict]]) -> list
         lines.append(
             "Early vs late layers (mean attention distance / CLS attention entropy, end weights): "
             + "; ".join(parts)
-            + f". Early CLS attention is sharper (lower entropy) in {holds} of {len(vit)} jobs."
+            + ". "
+            + _sharper_early(sharper, len(vit))
         )
     # 3. "the all-layer fine-tuning maps are not as informative": rollout faithfulness (insertion - deletion AUC).
     scored = [
@@ -183,6 +189,16 @@ def observations(jobs: list[Job], analyses: list[tuple[int, Job, dict]]) -> list
             f"Attention-rollout faithfulness (insertion − deletion AUC, higher = more informative): {text}.{verdict}"
         )
     return lines
+
+
+def _sharper_early(sharper: list[str], jobs: int) -> str:
+    """The verdict on "early layers attend more sharply", worded for what was found (never "in 0 of N")."""
+    claim = "Early CLS attention is sharper (lower entropy) than late"
+    if not sharper:
+        return claim.replace(" is ", " is not ") + (f" in any of the {jobs} jobs." if jobs > 1 else ".")
+    if len(sharper) == jobs:
+        return claim + (f" in all {jobs} jobs." if jobs > 1 else ".")
+    return f"{claim} in {len(sharper)} of {jobs} jobs ({', '.join(sharper)}), not in the others."
 
 
 def significance_tables(jobs: list[Job]) -> tuple[list[tuple[str, Table]], dict]:

@@ -24,7 +24,7 @@ from matplotlib.colors import to_hex
 from PIL import Image
 
 from gnr650.summary.attention import JobAttention, class_names
-from gnr650.summary.figures import colour
+from gnr650.summary.figures import job_style
 
 COLOURMAP = "inferno"  # as the static attention figures
 MAX_CODES = 1_000_000  # map values (one byte each) in the whole explorer, all jobs: ~1 MB of page after deflate+base64
@@ -133,7 +133,7 @@ def _job(e: JobAttention, image_keys: list[str], per_head: list[int]) -> dict:
     slots = [own.get(key) for key in image_keys]
     return {
         "label": e.job.label,
-        "colour": to_hex(colour(e.index)),
+        "colour": to_hex(job_style(e.index).color),
         "grid": list(e.heads.shape[-2:]),
         "layers": list(e.layer_names),
         "heads": int(e.heads.shape[2]),

@@ -95,23 +95,26 @@ def _sections(summary: Summary, jobs: list[Job], data: dict, more: list[FigureEn
 
 
 def _figures(jobs: list[Job], attentions: list):
-    """Yield each figure as a FigureEntry (None when it has no data or could not be drawn)."""
+    """Yield each figure as a FigureEntry (None when it has no data or could not be drawn); each caption says
+    only what its figure shows for these jobs."""
     yield _draw(
         "accuracy.png",
         "Train, validation and test accuracy of each job; failed jobs have no bars.",
         figures.accuracy_figure,
         jobs,
     )
+    seeded = any(len(points) > 1 for points in figures.strategy_groups(jobs).values())
     yield _draw(
         "params_accuracy.png",
-        "Test accuracy against trainable parameters per strategy (mean ± std over seeds).",
+        "Test accuracy against trainable parameters per strategy"
+        + (" (mean ± std over seeds)." if seeded else " (one run each)."),
         figures.params_accuracy_figure,
         jobs,
     )
     yield _draw(
         "curves.png",
-        "Validation accuracy and training loss per epoch for every job; "
-        "a dashed line is a job without training (its final validation accuracy).",
+        "Train and validation accuracy and loss per completed epoch (counted from 1), one line style per job; "
+        "a horizontal line in the validation accuracy panel is a job without training (its final accuracy).",
         figures.curves_figure,
         jobs,
     )
@@ -122,11 +125,13 @@ def _figures(jobs: list[Job], attentions: list):
         figures.kernel_norm_figure,
         jobs,
     )
+    predicted = any(e.predictions is not None for e in attentions)
     for name in attention.class_names(attentions):
         yield _draw(
             attention.file_name(name),
-            f"Class {name}: CLS-to-patch attention per layer, one row per "
-            "job, and each job's attention rollout in the last row.",
+            f"Class {name}: CLS-to-patch attention per layer (on the patch grid, each map min–max scaled), one row "
+            "per job, and each job's attention rollout in the last row"
+            + ("; under each image, whether the job classified it right." if predicted else "."),
             attention.class_figure,
             attentions,
             name,

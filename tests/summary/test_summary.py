@@ -20,7 +20,7 @@ from gnr650.summary import collect_jobs, write_summary
 from gnr650.summary.attention import load_attention
 from gnr650.summary.cli import main as cli_main
 from gnr650.summary.collect import read_curves, read_kernel_norms
-from gnr650.summary.figures import curves_figure
+from gnr650.summary.figures import curves_figure, job_style
 from gnr650.summary.hydra_callback import job_line
 from tests.summary.jobs import REPO, attention_arrays, make_job
 
@@ -216,19 +216,20 @@ def test_curves_figure_draws_train_and_val_accuracy_and_loss_of_every_job(tmp_pa
         writer.writeheader()
         writer.writerows(history)
     fig = curves_figure(collect_jobs(tmp_path))
-    ax_acc, ax_loss = fig.axes
+    panels = dict(zip(["train/acc", "val/acc", "train/loss", "val/loss"], fig.axes))  # rows: acc, loss
 
-    def drawn(ax, colour: str, style: str) -> list[float]:
-        (line,) = [ln for ln in ax.lines if ln.get_color() == colour and ln.get_linestyle() == style]
+    def drawn(panel: str, job: int) -> list[float]:
+        (line,) = [ln for ln in panels[panel].lines if ln.get_color() == job_style(job).color]
+        assert (line.get_linestyle(), line.get_marker()) == (job_style(job).linestyle, job_style(job).marker)
         return list(line.get_ydata())
 
-    for ax, scale, metric in ((ax_acc, 100, "acc"), (ax_loss, 1, "loss")):
-        for style, split in (("-", "val"), ("--", "train")):
-            assert drawn(ax, "C1", style) == pytest.approx([scale * row[f"{split}/{metric}"] for row in history])
-    assert drawn(ax_acc, "C0", "--") == pytest.approx([90, 90, 90])  # the fake metrics.csv's train accuracy
-    assert drawn(ax_acc, "C0", "-") == pytest.approx([20, 40, 60])
-    assert drawn(ax_loss, "C0", "--") == pytest.approx([1, 1 / 2, 1 / 3])  # train/loss_epoch
-    assert drawn(ax_loss, "C0", "-") == pytest.approx([0.5, 0.5, 0.5])
+    for name in panels:
+        scale = 100 if name.endswith("acc") else 1
+        assert drawn(name, 1) == pytest.approx([scale * row[name] for row in history])
+    assert drawn("train/acc", 0) == pytest.approx([90, 90, 90])  # the fake metrics.csv's train accuracy
+    assert drawn("val/acc", 0) == pytest.approx([20, 40, 60])
+    assert drawn("train/loss", 0) == pytest.approx([1, 1 / 2, 1 / 3])  # train/loss_epoch
+    assert drawn("val/loss", 0) == pytest.approx([0.5, 0.5, 0.5])
 
 
 def test_frozen_job_without_epochs_and_optuna_labels(tmp_path: Path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gnr650.summary import collect_jobs, write_summary
-from gnr650.summary.figures import params_accuracy_figure
+from gnr650.summary.figures import job_style, params_accuracy_figure
 from tests.helpers import make_cfg
 from tests.summary.jobs import make_job
 
@@ -26,7 +26,8 @@ def _zoo(root: Path) -> Path:
 def test_one_point_per_strategy_at_the_mean_over_seeds(tmp_path):
     jobs = collect_jobs(_zoo(tmp_path))
     ax = params_accuracy_figure(jobs).axes[0]
-    points = [line.get_xydata()[0] for line in ax.lines if line.get_marker() == "o"]
+    markers = [job_style(0).marker, job_style(2).marker]  # each strategy in the style of its first job
+    points = [line.get_xydata()[0] for line in ax.lines if line.get_marker() in markers]
     # make_job gives job num n 2,000 * (n + 1) trainable parameters
     assert np.allclose(points, [(3_000, 92.0), (7_000, 80.0)])
     assert ax.get_xscale() == "symlog" and [t.get_text() for t in ax.texts] == ["finetune=lora", "finetune=last"]
