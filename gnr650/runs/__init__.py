@@ -11,6 +11,7 @@ from typing import Any
 
 # Each exported name -> the module that defines it.
 _EXPORTS = {
+    "BestCheckpoint": "best_checkpoint",
     "LocalCheckpointIO": "checkpoint_io",
     "PreflightError": "preflight",
     "RunControl": "control",
