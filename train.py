@@ -7,13 +7,14 @@ from omegaconf import DictConfig
 
 from gnr650.config import run_checked
 from gnr650.runs import prepare_process
-from gnr650.train import hydra_task
 
 prepare_process()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from gnr650.train import hydra_task  # here, not above: `--help` needs no torch (a second or more to import)
+
     return hydra_task(cfg)
 
 

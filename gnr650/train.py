@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from gnr650.data import DecodedImageDataModule
+from gnr650.data import SPLITS, DecodedImageDataModule
 from gnr650.data.images import oversized_warning
 from gnr650.errors import full_tracebacks, reporting_user_errors, user_error
 from gnr650.finetune import StrategyError, count_params, feature_cache, prepare_from_config
@@ -210,7 +210,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:  # after run_control: CSVHistory has read a resumed run's metrics.csv before it opens
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         epoch_log = EpochLog()
-        progress = [epoch_progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []
+        progress = [epoch_progress_bar(SPLITS)] if cfg.trainer.get("enable_progress_bar", True) else []
         knn = cfg.finetune.get("knn")
         knn_bank = (
             KNNBank(built.head[-1], KNNClassifier(dm.num_classes, **knn), len(dm.split("train"))) if knn else None

@@ -105,7 +105,7 @@ class VizSchema:
 class AnalysisSchema:
     """``analysis`` (configs/callbacks/analysis.yaml): the settings of the ChangeAnalysis callback."""
 
-    probe_images: int = 512
+    probe_images: int | None = None
     probe_seed: int = 0
     faithfulness_images: int = 16
     faithfulness_steps: int = 8

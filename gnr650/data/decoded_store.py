@@ -229,7 +229,8 @@ def decoded_splits(
     parts: dict[str, tuple[str, Sequence[Path], Sequence[int]]], storage: SplitStorage, skip_unreadable: bool
 ) -> dict[str, Split]:
     """``decoded_split`` of each named part (tag, files, labels), with the unreadable files of all parts reported
-    together: one ``ImageDecodeError`` naming them, or with ``skip_unreadable`` one warning and splits without them."""
+    together: one ``ImageDecodeError`` naming them, or with ``skip_unreadable`` one warning and splits without them.
+    Logs one line with where each split is kept and why (``SplitStorage.summary``)."""
     splits: dict[str, Split] = {}
     unreadable: list[tuple[str, str]] = []
     for name, (tag, files, labels) in parts.items():
@@ -239,6 +240,7 @@ def decoded_splits(
             unreadable += e.unreadable
     if unreadable:
         raise unreadable_error(sorted(unreadable))
+    log.info(storage.summary())
     skipped = [f for split in splits.values() for f in split.skipped]
     if skipped:
         log.warning(

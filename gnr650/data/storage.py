@@ -7,8 +7,10 @@ store is one file that the page cache holds once for all of them.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -72,6 +74,20 @@ def processes_per_node(devices) -> int:
     return max(1, torch.cuda.device_count())
 
 
+class Choice(NamedTuple):
+    """Where one split is kept (``memory`` or ``disk``) and why; ``what`` describes the split."""
+
+    tag: str
+    what: str
+    where: str
+    why: str
+
+
+def _listed(choices: list[Choice]) -> str:
+    names = [f"{c.tag} ({c.what})" for c in choices]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 class SplitStorage:
     """The storage settings of one data module, deciding split by split as they are decoded.
 
@@ -110,6 +126,7 @@ class SplitStorage:
             self.budget_bytes = int(memory_budget_gb * GB)
             self.budget_text = f"{memory_budget_gb:g} GB"
         self.held = 0  # bytes of decoded splits this process already keeps in memory
+        self.choices: list[Choice] = []  # every split's, in the order decided (``summary``)
 
     def choose(self, tag: str, nbytes: int, what: str, disk_free: int | None, disk_dir: str | None) -> str:
         """``memory`` or ``disk`` for a split of ``nbytes`` (``what`` describes it); ``disk_free`` is the room
@@ -142,10 +159,22 @@ class SplitStorage:
                 + f" It does not fit in memory either: {human_bytes(need)}{per_node} exceeds "
                 f"dataset.memory_budget_gb={self.budget_text}; raise it if the node has the memory."
             )
-        log.info("Storage of %s (%s): %s, because %s.", tag, what, choice, why)
+        self.choices.append(Choice(tag, what, choice, why))
         if choice == "memory":
             self.held += nbytes
         return choice
+
+    def summary(self) -> str:
+        """One line for every split chosen: where it is kept and why. The splits in memory share one reason, the
+        last one's (its sum counts all of them); splits on disk are grouped while their reasons are the same."""
+        in_memory = [c for c in self.choices if c.where == "memory"]
+        on_disk = [c for c in self.choices if c.where == "disk"]
+        parts = [f"{_listed(in_memory)} in memory, because {in_memory[-1].why}"] if in_memory else []
+        parts += [
+            f"{_listed(list(same))} memory-mapped from disk, because {why}"
+            for why, same in itertools.groupby(on_disk, key=lambda c: c.why)
+        ]
+        return f"Storage: {'; '.join(parts)}."
 
     @staticmethod
     def _no_room(tag: str, what: str, nbytes: int, disk_free: int | None, disk_dir: str | None, prefix: str) -> str:

@@ -60,7 +60,8 @@ def _inputs(pl_module: pl.LightningModule, images: torch.Tensor) -> torch.Tensor
 def weights_epoch(trainer: pl.Trainer) -> int:
     """Training epochs completed by the weights the final evaluation uses: those of the checkpoint it loaded
     (Lightning stores the 0-based epoch it was saved in, after that epoch's validation), else the
-    trainer's count. So "end (epoch 47)" of a 60-epoch run shows the best checkpoint ``epoch046-...``."""
+    trainer's count. So "end (epoch 47)" of a 60-epoch run shows the best checkpoint ``epoch047-...``
+    (``gnr650.runs.BestCheckpoint`` names it counting from 1)."""
     path = trainer.ckpt_path
     if not path:
         return trainer.current_epoch

@@ -34,6 +34,9 @@ from gnr650.interpret.start_state import continues_run
 
 log = logging.getLogger(__name__)
 
+# analysis.probe_images=null: this many probe images, or the whole split when it has fewer (without a warning: a
+# smaller data set is no reason to set the key).
+DEFAULT_PROBE_IMAGES = 512
 # Index kinds of this callback's artefacts (the summary finds them by kind).
 FAITHFULNESS_BATCH = 16  # images per Grad-CAM / rollout batch (ViT attention weights are [B, L, H, T, T])
 PROBE_METHOD = (
@@ -43,7 +46,8 @@ PROBE_METHOD = (
 
 
 class ChangeAnalysis(ArtifactExport):
-    """Start-vs-end analysis on ``probe_images`` class-balanced images of ``split`` drawn with ``seed``.
+    """Start-vs-end analysis on ``probe_images`` class-balanced images of ``split`` drawn with ``seed`` (None: up to
+    ``DEFAULT_PROBE_IMAGES``, see ``probe_size``).
 
     ``faithfulness_images`` (first of the probe set) get deletion/insertion curves with ``faithfulness_steps``
     steps; ``gradcam_image_class`` adds that class's first test image to the one-per-class Grad-CAM figure;
@@ -54,7 +58,7 @@ class ChangeAnalysis(ArtifactExport):
     def __init__(
         self,
         output_dir: str,
-        probe_images: int = 512,
+        probe_images: int | None = None,
         split: str = "val",
         seed: int = 0,
         batch_size: int = 128,
@@ -65,10 +69,10 @@ class ChangeAnalysis(ArtifactExport):
         gradcam_layer: str | None = None,
         tsne: bool = True,
     ):
-        if not is_count(probe_images):
+        if probe_images is not None and not is_count(probe_images):
             raise ValueError(
-                f"analysis.probe_images must be a positive number of images (got {probe_images!r}); "
-                "e.g. analysis.probe_images=512, or callbacks without analysis to switch the analysis off."
+                f"analysis.probe_images must be a positive number of images, or null for up to {DEFAULT_PROBE_IMAGES} "
+                f"(got {probe_images!r}); or callbacks without analysis to switch the analysis off."
             )
         super().__init__(output_dir, at_start=True, at_end=True, every_n_epochs=0)
         self.probe_images = probe_images
@@ -92,6 +96,20 @@ class ChangeAnalysis(ArtifactExport):
             raise RuntimeError("ChangeAnalysis reached the end without a start: on_fit_start/on_test_start never ran")
         return self._write_end(trainer, pl_module, epoch)
 
+    def probe_size(self, available: int) -> int:
+        """How many probe images a split of ``available`` images gives: ``probe_images``, with a warning when the
+        split has fewer (the user asked for more than there are); unset, up to ``DEFAULT_PROBE_IMAGES``."""
+        if self.probe_images is None:
+            return min(DEFAULT_PROBE_IMAGES, available)
+        if self.probe_images > available:
+            log.warning(
+                "analysis.probe_images=%d but the %s split has %d images: using all of them.",
+                self.probe_images,
+                self.split,
+                available,
+            )
+        return min(self.probe_images, available)
+
     def _batches(self, images: torch.Tensor) -> list[torch.Tensor]:
         return list(images.split(self.batch_size))
 
@@ -99,19 +117,13 @@ class ChangeAnalysis(ArtifactExport):
         t0 = time.perf_counter()
         dm = _datamodule(trainer)
         data = dm.split(self.split)
-        if self.probe_images > len(data.labels):
-            log.warning(
-                "analysis.probe_images=%d but the %s split has %d images: using all of them.",
-                self.probe_images,
-                self.split,
-                len(data.labels),
-            )
+        probe_images = self.probe_size(len(data.labels))
         if trainer.training and trainer.ckpt_path and not continues_run(trainer, self.artifacts_dir.parent):
             log.info(
                 "ChangeAnalysis: this run starts from ckpt_path=%s, so W0 is that checkpoint's weights as loaded.",
                 trainer.ckpt_path,
             )
-        idx = an.probe_indices(data.labels, self.probe_images, self.seed)
+        idx = an.probe_indices(data.labels, probe_images, self.seed)
         images, labels = data.images[idx], data.labels[idx]
         net = pl_module.net
         features = an.probe_pass(net, self._batches(images), lambda b: _inputs(pl_module, b))

@@ -1,25 +1,39 @@
 """Running and continuing runs: run and sweep directories, resume, skip_done, safe checkpoint reading,
-atomic checkpoint writing, the resume checkpoint, RNG and sampler state, kept CSV history, results.json."""
+atomic checkpoint writing, the resume checkpoint, RNG and sampler state, kept CSV history, results.json.
 
-from gnr650.runs.checkpoint_io import LocalCheckpointIO
-from gnr650.runs.control import RunControl, run_control
-from gnr650.runs.last_checkpoint import RunInterrupted
-from gnr650.runs.preflight import PreflightError, check_launch, check_writable
-from gnr650.runs.process import prepare_process
-from gnr650.runs.results import evaluation_fields, versions, write_results
-from gnr650.runs.resume import completed_results
+The names below are imported from their modules on first use (PEP 562's module ``__getattr__``): entry points import
+``prepare_process`` from here before Hydra answers ``--help``, which needs neither Lightning nor torch."""
 
-__all__ = [
-    "LocalCheckpointIO",
-    "PreflightError",
-    "RunControl",
-    "RunInterrupted",
-    "check_launch",
-    "check_writable",
-    "completed_results",
-    "evaluation_fields",
-    "prepare_process",
-    "run_control",
-    "versions",
-    "write_results",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Each exported name -> the module that defines it.
+_EXPORTS = {
+    "BestCheckpoint": "best_checkpoint",
+    "LocalCheckpointIO": "checkpoint_io",
+    "PreflightError": "preflight",
+    "RunControl": "control",
+    "RunInterrupted": "last_checkpoint",
+    "check_launch": "preflight",
+    "check_writable": "preflight",
+    "completed_results": "resume",
+    "evaluation_fields": "results",
+    "prepare_process": "process",
+    "run_control": "control",
+    "versions": "results",
+    "write_results": "results",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

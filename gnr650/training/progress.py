@@ -1,11 +1,13 @@
-"""The console: a transient progress bar for the running epoch (rich's when installed, else tqdm's) and one log
-line per finished epoch with its training and validation loss and accuracy (``EpochLog``)."""
+"""The console: a transient progress bar for the running epoch and the final evaluation (rich's when installed, else
+tqdm's) and one log line per finished epoch with its training and validation loss and accuracy (``EpochLog``). Log
+records reach the console through the bar (``gnr650.console.ConsoleHandler``)."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -15,12 +17,14 @@ from pytorch_lightning.callbacks.progress import ProgressBar
 log = logging.getLogger(__name__)
 
 
-def epoch_progress_bar() -> ProgressBar:
+def epoch_progress_bar(evaluated: Sequence[str]) -> ProgressBar:
     """Lightning's bar for the running epoch and its validation, its epoch counted as ``EpochLog``'s lines count
-    (Lightning's own counts from 0); the lasting record is those lines."""
+    (Lightning's own counts from 0), and for the final evaluation of the splits ``evaluated`` (the test loop's
+    dataloaders, in order), each named ("Evaluating val") where Lightning calls them all "Testing". The lasting
+    record is the log lines."""
     if importlib.util.find_spec("rich") is not None:
-        return _RichBar()
-    return _TQDMBar()
+        return _RichBar(evaluated)
+    return _TQDMBar(evaluated)
 
 
 def epoch_label(number: int, max_epochs: int | None) -> str:
@@ -29,15 +33,46 @@ def epoch_label(number: int, max_epochs: int | None) -> str:
     return f"Epoch {number}" + (f"/{max_epochs}" if max_epochs and max_epochs > 0 else "")
 
 
+def evaluation_label(split: str) -> str:
+    """The final evaluation's bar label for ``split``: "Evaluating val"."""
+    return f"Evaluating {split}"
+
+
 class _RichBar(RichProgressBar):
+    def __init__(self, evaluated: Sequence[str]) -> None:
+        super().__init__()
+        self.evaluated = list(evaluated)
+        self._evaluating = 0  # the test loop's dataloader the bar counts now
+
     def _get_train_description(self, current_epoch: int) -> str:
         return epoch_label(current_epoch + 1, self.trainer.max_epochs)
 
+    @property
+    def test_description(self) -> str:
+        return evaluation_label(self.evaluated[self._evaluating])
+
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._evaluating = dataloader_idx
+        super().on_test_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)  # a new dataloader's bar
+
 
 class _TQDMBar(TQDMProgressBar):
+    def __init__(self, evaluated: Sequence[str]) -> None:
+        super().__init__()
+        self.evaluated = list(evaluated)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
         self.train_progress_bar.set_description(epoch_label(trainer.current_epoch + 1, trainer.max_epochs))
+
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        super().on_test_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)  # resets it per dataloader
+        if batch_idx == 0:
+            self.test_progress_bar.set_description(evaluation_label(self.evaluated[dataloader_idx]))
 
 
 class EpochLog(pl.Callback):

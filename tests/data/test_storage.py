@@ -24,7 +24,7 @@ from gnr650.data.datamodule import _prefetched
 from gnr650.data.decoded_store import StoreError, decoded_split
 from gnr650.data.images import decode_images, oversized_warning
 from gnr650.data.storage import SplitStorage, StorageError, processes_per_node, release_freed_memory
-from gnr650.train import train
+from gnr650.train import build, train
 from tests.helpers import ROOT, finish, make_cfg, real_data_dir, tiny_overrides, train_py, write_image
 
 
@@ -91,14 +91,32 @@ def test_memory_and_disk_give_identical_results(fake_data, tmp_path):
 
 def test_auto_keeps_what_fits_the_budget_in_memory_and_logs_why(folder, tmp_path, caplog):
     one_image = 3 * 32 * 32
-    with caplog.at_level(logging.INFO, logger="gnr650.data.storage"):
+    with caplog.at_level(logging.INFO, logger="gnr650.data"):
         dm = _module(folder, tmp_path, memory_budget_gb=25 * one_image / 1e9)  # train (21 images) fits, not val too
     assert [dm.splits[s].storage for s in ("train", "val", "test")] == ["memory", "disk", "disk"]
-    assert "imagefolder-train (21 images at 32x32, 0.1 MB): memory, because 0.1 MB fits" in caplog.text
-    assert "imagefolder-val (6 images at 32x32, 0.0 MB): disk, because 0.1 MB exceeds" in caplog.text
+    # One line for the three splits: with train, val would exceed the budget, and so would test (their reasons read
+    # alike, so they share one).
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Storage: ")]
+    budget = f"dataset.memory_budget_gb={25 * one_image / 1e9:g} GB"
+    assert line == (
+        f"Storage: imagefolder-train (21 images at 32x32, 0.1 MB) in memory, because 0.1 MB fits {budget}; "
+        "imagefolder-val (6 images at 32x32, 0.0 MB) and imagefolder-test (9 images at 32x32, 0.0 MB) memory-mapped "
+        f"from disk, because 0.1 MB exceeds {budget}."
+    )
     # Two processes per node each hold a copy: the same budget no longer takes the training split.
     two = _module(folder, tmp_path, memory_budget_gb=25 * one_image / 1e9, devices=2)
     assert two.split("train").storage == "disk"
+
+
+def test_building_a_run_logs_one_storage_line_for_all_its_splits(fake_data, tmp_path, caplog):
+    """All a job logs about storage is logged when its data are built (a whole job's console: tests/test_console.py)."""
+    overrides = tiny_overrides("eurosat", fake_data) + ["model=resnet18", f"paths.cache_dir={tmp_path}"]
+    with caplog.at_level(logging.INFO, logger="gnr650"):
+        dm, _, _ = build(make_cfg(overrides, tmp_path))
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Storage")]
+    for split, size in dm.summary().items():
+        assert f"eurosat-{split} ({size} images at 64x64, " in line
+    assert "in memory, because" in line and "memory-mapped" not in line  # a few KB: in memory, by the default budget
 
 
 def test_fitting_nowhere_is_a_clear_error_before_decoding(folder, tmp_path, monkeypatch):
@@ -272,7 +290,8 @@ def test_ddp_ranks_share_one_disk_store_and_match_one_process(fake_data, tmp_pat
     single = train_py(run + [f"paths.cache_dir={tmp_path / 'c2'}"], tmp_path / "single")
     out = finish(ddp, timeout=600)
     finish(single, timeout=600)
-    assert "Starting with 2 processes" in out and out.count("disk, because dataset.storage=disk") == 6  # 2 ranks
+    assert "Starting with 2 processes" in out
+    assert out.count("memory-mapped from disk, because dataset.storage=disk.") == 2  # one line per rank
     assert [n.endswith(".u8") for n in _files(tmp_path / "c1")] == [True] * 3  # one store per split, no leftovers
     (results,) = [json.loads(p.read_text()) for p in (tmp_path / "ddp").rglob("results.json")]
     (reference,) = [json.loads(p.read_text()) for p in (tmp_path / "single").rglob("results.json")]

@@ -6,14 +6,18 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from gnr650.data.splits import class_balanced_subset, stratified_split
+from gnr650.interpret.change import DEFAULT_PROBE_IMAGES
 from gnr650.interpret.index import ArtifactKind
 from gnr650.train import train
-from tests.helpers import make_cfg
+from tests.helpers import ROOT, make_cfg
 
 TINY_ANALYSIS = [
     "debug=smoke",
@@ -136,3 +140,29 @@ def test_bad_probe_images_stops_before_the_data_is_built(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="analysis.probe_images must be a positive number"):
         train(make_cfg(overrides, tmp_path))
     assert not built
+
+
+# Images per class of the real EuroSAT (its eurosat/2750 folders, Helber et al. 2019): its split sizes without the data.
+EUROSAT_IMAGES_PER_CLASS = [3000, 3000, 3000, 2500, 2500, 2000, 2500, 3000, 2500, 3000]
+
+
+def test_the_readme_zoo_command_probes_its_val_split_without_a_warning(tmp_path, caplog):
+    """The README's zoo command keeps 5% of EuroSAT: fewer validation images than the default probe size. The whole
+    split is probed without a warning (nothing for the user to act on); a probe_images set larger still warns."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"`python train.py -m\s+(experiment=eurosat-vit-strategies [^`]*)`", readme)[1].split()
+    cfg = make_cfg(command, tmp_path)
+    labels = torch.repeat_interleave(torch.arange(10), torch.tensor(EUROSAT_IMAGES_PER_CLASS))
+    keep = class_balanced_subset(labels, cfg.dataset.fraction, cfg.dataset.seed)
+    val = len(stratified_split(labels[keep], cfg.dataset.ratios, cfg.dataset.seed)[1])
+    assert val < DEFAULT_PROBE_IMAGES  # the README's run: 270
+    with caplog.at_level(logging.WARNING):
+        assert instantiate(cfg.callbacks.analysis).probe_size(val) == val
+    assert caplog.records == []
+
+    asked = make_cfg(command + [f"analysis.probe_images={val + 1}"], tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert instantiate(asked.callbacks.analysis).probe_size(val) == val
+    assert [r.getMessage() for r in caplog.records] == [
+        f"analysis.probe_images={val + 1} but the val split has {val} images: using all of them."
+    ]

@@ -106,9 +106,9 @@ def test_learning_curves_are_indexed_and_mark_the_evaluated_epoch(run):
     (record,) = [e for e in read_index(artifacts_dir(out)) if e["kind"] == ArtifactKind.LEARNING_CURVES_PLOT]
     results = json.loads((out / "results.json").read_text())
     best = torch.load(results["checkpoint"], weights_only=True)
-    assert record["epoch"] == best["epoch"] + 1  # epochNNN-... is the (NNN+1)-th completed epoch
+    assert record["epoch"] == best["epoch"] + 1  # the file stores Lightning's epoch, counted from 0
     assert record["epoch"] < results["epochs"] == 3  # otherwise this test could not tell the two apart
-    assert Path(results["checkpoint"]).name.startswith(f"epoch{record['epoch'] - 1:03d}-")
+    assert Path(results["checkpoint"]).name.startswith(f"epoch{record['epoch']:03d}-")  # its name counts from 1
 
 
 def test_learning_curve_figure_draws_train_and_val_and_marks_the_epoch():

@@ -324,6 +324,11 @@ def test_hydra_callback_summarises_a_sweep_with_a_failed_job(tmp_path: Path):
     assert md.count("| model=") == 4
     assert "| model=b, finetune=full |" in md and "failed: RuntimeError: boom on purpose" in md
     assert (sweep_dir / "report.html").is_file()
+    # The summary step is announced before it starts and timed when done.
+    console = proc.stdout + proc.stderr
+    announced = console.index(f"Writing the summary of 4 jobs to {sweep_dir} ...")
+    done = re.search(rf"Summary of 4 jobs written in (\d+\.\d) s: {re.escape(str(sweep_dir / 'report.html'))}", console)
+    assert done and announced < done.start()
 
 
 def test_hydra_skips_on_multirun_end_when_a_job_raises(tmp_path: Path):
