@@ -36,6 +36,7 @@ from gnr650.runs import (
     check_writable,
     completed_results,
     evaluation_fields,
+    provenance,
     run_control,
     versions,
     write_results,
@@ -267,6 +268,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         results["versions"] = versions()
+        results["provenance"] = provenance()
         results["config"] = OmegaConf.to_container(cfg, resolve=False)
         if _is_global_zero():
             write_results(out / "results.json", results)

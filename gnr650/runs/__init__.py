@@ -6,7 +6,7 @@ from gnr650.runs.control import RunControl, run_control
 from gnr650.runs.last_checkpoint import RunInterrupted
 from gnr650.runs.preflight import PreflightError, check_launch, check_writable
 from gnr650.runs.process import prepare_process
-from gnr650.runs.results import evaluation_fields, versions, write_results
+from gnr650.runs.results import evaluation_fields, provenance, versions, write_results
 from gnr650.runs.resume import completed_results
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "completed_results",
     "evaluation_fields",
     "prepare_process",
+    "provenance",
     "run_control",
     "versions",
     "write_results",
