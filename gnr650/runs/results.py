@@ -37,7 +37,10 @@ def versions() -> dict[str, str]:
     }
 
 
-def provenance(repo: Path = Path(__file__).resolve().parents[2]) -> dict[str, Any]:
+CHECKOUT = Path(__file__).resolve().parents[2]  # the directory holding the gnr650 package (a git checkout or not)
+
+
+def provenance(repo: Path = CHECKOUT) -> dict[str, Any]:
     """Which code ran where, for the report's header: the git commit of ``repo`` (the checkout gnr650 runs from)
     and whether tracked files had uncommitted changes (both None outside a git checkout), and the machine."""
     import torch

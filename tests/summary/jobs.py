@@ -118,10 +118,11 @@ EUROSAT = [
 ]
 
 
-def realistic_sweep(root: Path, strategies: list[str], test_images: int = 540) -> Path:
+def realistic_sweep(root: Path, strategies: list[str], test_images: int = 540, attention: bool = True) -> Path:
     """A ViT strategy sweep with everything a real job leaves (results.json with config, provenance and per-class
     accuracies; curves; attention for 10 classes over 12 layers; analysis.json; test predictions; the evaluation
-    figure), for the report's size and browser checks."""
+    figure), for the report's size and browser checks; ``attention=False``: no attention export (drawing its
+    grids is most of a summary's time)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,7 +138,8 @@ def realistic_sweep(root: Path, strategies: list[str], test_images: int = 540) -
         job = make_job(root, num, ["experiment=eurosat-vit", f"finetune={strategy}"], acc=(0.99, acc + 0.01, acc))
         artifacts = artifacts_dir(job)
         (artifacts / "change").mkdir(parents=True)
-        np.savez(artifacts / "attention.npz", **attention_arrays(1.0 + num / 4, 12, 14, num, EUROSAT))
+        if attention:
+            np.savez(artifacts / "attention.npz", **attention_arrays(1.0 + num / 4, 12, 14, num, EUROSAT))
         np.savez(artifacts / "test_predictions.npz", labels=labels, predicted=predicted)
         analysis = {
             "epochs": {"start": 0, "end": 3},
@@ -160,8 +162,8 @@ def realistic_sweep(root: Path, strategies: list[str], test_images: int = 540) -
         fig.savefig(artifacts / "change" / "test_evaluation.png", dpi=100)
         append_to_index(
             artifacts,
-            [
-                entry(ArtifactKind.ATTENTION_NPZ, "attention.npz", phase="end", epoch=3),
+            [entry(ArtifactKind.ATTENTION_NPZ, "attention.npz", phase="end", epoch=3)] * attention
+            + [
                 entry(ArtifactKind.TEST_PREDICTIONS, "test_predictions.npz", phase="end", epoch=3),
                 entry(ArtifactKind.ANALYSIS_JSON, "analysis.json", phase="end", epoch=3),
                 entry(ArtifactKind.EVALUATION_PLOT, "change/test_evaluation.png", phase="end", epoch=3),
