@@ -19,7 +19,7 @@ from PIL import Image
 from gnr650.summary.tables import MISSING, Table, markdown
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; padding: 0 1rem; color: #222;
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1140px; padding: 0 1rem; color: #222;
   line-height: 1.45; }
 h1 { font-size: 1.45rem; margin-bottom: 0.5rem; } h2 { font-size: 1.2rem; margin-top: 2.2rem;
   border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; } h3 { font-size: 1rem; margin-top: 1.4rem; }
@@ -38,7 +38,7 @@ figure { margin: 1.2rem 0; } figure img { max-width: 100%; border: 1px solid #ee
 figcaption { color: #444; font-size: 0.9rem; margin-top: 0.3rem; }
 ul.links { columns: 2; font-size: 0.9rem; }
 """
-EMBED_WIDTH = 900  # px: the page's content width; wider figures are downscaled for embedding
+EMBED_WIDTH = 1100  # px: the page's content width; wider figures are downscaled for embedding
 EMBED_COLOURS = 128  # palette size of embedded figures: plots and heatmaps stay legible, the bytes shrink ~3x
 NUMERIC = re.compile(r"^[-+−]?[\d.,]+")
 

@@ -178,7 +178,10 @@ def _significance_blocks(jobs: list[Job], pairs: list[dict]) -> list:
     if significant:
         table = tables.pairwise_table(significant)
         blocks.append(TableBlock(table, "Significant pairs (Holm p < 0.05)", collapsed=len(significant) > 8))
-    blocks.append(TableBlock(tables.pairwise_table(pairs), "Pairwise tests on the same test images", collapsed=True))
+    if len(significant) < len(pairs):
+        blocks.append(
+            TableBlock(tables.pairwise_table(pairs), "Pairwise tests on the same test images", collapsed=True)
+        )
     return blocks
 
 
