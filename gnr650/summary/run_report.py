@@ -40,6 +40,7 @@ EMBEDDED = {
     },
 }
 FIRST_LAYER_ONLY = {ArtifactKind.KERNEL_GRID}  # one grid per phase embedded; every layer's is linked
+ATTENTION_KINDS = (ArtifactKind.ATTENTION_MAP, ArtifactKind.ATTENTION_ROLLOUT)  # linked in "Attention"
 
 
 def write_run_report(run_dir: str | Path) -> Path:
@@ -117,10 +118,10 @@ def _sections(job: Job) -> list[Section]:
             blocks.insert(0, TableBlock(_per_class_table(job), "Accuracy per class and split"))
         if any(not isinstance(b, TableBlock) or b.table.rows for b in blocks):
             sections.append(Section(heading, blocks))
-    attention = [_link(e) for e in index if e["kind"] in (ArtifactKind.ATTENTION_MAP, ArtifactKind.ATTENTION_ROLLOUT)]
+    attention = [_link(e) for e in index if e["kind"] in ATTENTION_KINDS]
     if attention:
         sections.append(Section("Attention", [Links("Attention maps and rollouts the run exported:", attention)]))
-    rest = [_link(e) for e in index if _path(e) not in embedded and e["kind"] not in _ATTENTION_KINDS]
+    rest = [_link(e) for e in index if _path(e) not in embedded and e["kind"] not in ATTENTION_KINDS]
     files = [("results.json", "results.json")] + [
         (n, n) for n in ("history.csv", "metrics.csv") if (job.dir / n).is_file()
     ]
@@ -128,9 +129,6 @@ def _sections(job: Job) -> list[Section]:
         Section("Files", [Links("The run's results and every other export (full resolution):", files + rest)])
     )
     return sections
-
-
-_ATTENTION_KINDS = (ArtifactKind.ATTENTION_MAP, ArtifactKind.ATTENTION_ROLLOUT)
 
 
 def read_index_safely(run_dir: Path) -> list[dict]:
