@@ -36,6 +36,7 @@ from gnr650.runs import (
     check_writable,
     completed_results,
     evaluation_fields,
+    provenance,
     run_control,
     versions,
     write_results,
@@ -44,6 +45,7 @@ from gnr650.runs.history import write_history
 from gnr650.runs.resume import continue_command
 from gnr650.runs.run_dirs import hydra_files, removed_when_unused
 from gnr650.runs.trackers import instantiate_loggers, log_run_files
+from gnr650.summary.run_report import write_run_report
 from gnr650.training import ClassificationModule, DevicePreprocess, epoch_progress_bar, use_channels_last
 from gnr650.training.head_grid import HeadGridModule
 from gnr650.training.learning import learning_warnings
@@ -267,9 +269,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         results["versions"] = versions()
+        results["provenance"] = provenance()
         results["config"] = OmegaConf.to_container(cfg, resolve=False)
         if _is_global_zero():
             write_results(out / "results.json", results)
+            _write_report(out)
     if _is_global_zero():  # the one rank that wrote it
         log_run_files(loggers, out)
         log.info(
@@ -282,6 +286,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for warning in results["warnings"]:
             log.warning(warning)
     return results
+
+
+def _write_report(out: Path) -> None:
+    """report.html beside results.json; a report bug must neither fail the run nor hide its own error."""
+    try:
+        write_run_report(out)
+    except Exception:
+        log.exception("Could not write %s; the results are in results.json", out / "report.html")
 
 
 def _learning_rates(cfg: DictConfig, module: ClassificationModule) -> str:

@@ -35,7 +35,8 @@ def test_smoke_run_writes_valid_results(model, tmp_path):
     assert saved["metrics"] == pytest.approx(results["metrics"])
     assert saved["params"]["trainable"] < saved["params"]["total"]
     assert saved["timing"]["fit_s"] > 0 and saved["timing"]["total_s"] >= saved["timing"]["fit_s"]
-    assert {"torch", "timm", "pytorch_lightning"} <= set(saved["versions"])
+    assert {"torch", "timm", "pytorch_lightning", "gnr650"} <= set(saved["versions"])
+    assert set(saved["provenance"]) == {"commit", "dirty", "machine"}  # its values: tests/runs/test_provenance.py
     assert (tmp_path / "metrics.csv").is_file()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert sorted(saved["per_class"]["test"]) == [f"class_{i}" for i in range(4)]

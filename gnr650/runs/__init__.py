@@ -21,6 +21,7 @@ _EXPORTS = {
     "completed_results": "resume",
     "evaluation_fields": "results",
     "prepare_process": "process",
+    "provenance": "results",
     "run_control": "control",
     "versions": "results",
     "write_results": "results",

@@ -17,10 +17,9 @@ from matplotlib.figure import Figure
 
 from gnr650.interpret.index import PHASE_END, ArtifactKind, artifacts_dir, find_artifacts
 
-from . import significance as sig
 from .collect import Job
 from .figures import job_legend, job_style, titled
-from .tables import Table, percent
+from .tables import Table
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ def faithfulness_table(analyses: list[tuple[int, Job, dict]]) -> Table | None:
                         str(m.get("images", "")),
                     ]
                 )
-    headers = ["Model", "Method", "Deletion AUC (lower: more faithful)", "Insertion AUC (higher)", "Images"]
+    headers = ["Job", "Method", "Deletion AUC (lower: more faithful)", "Insertion AUC (higher)", "Images"]
     return Table(headers, rows, [False] * len(rows)) if rows else None
 
 
@@ -201,88 +200,26 @@ def _sharper_early(sharper: list[str], jobs: int) -> str:
     return f"{claim} in {len(sharper)} of {jobs} jobs ({', '.join(sharper)}), not in the others."
 
 
-def significance_tables(jobs: list[Job]) -> tuple[list[tuple[str, Table]], dict]:
-    predictions = sig.load_predictions(jobs)
-    acc, pairs = sig.accuracy_rows(predictions), sig.pairwise_rows(predictions)
-    tables = []
-    if acc:
-        rows = [
-            [r["label"], percent(r["acc"]), f"{100 * r['low']:.2f}–{100 * r['high']:.2f}%", str(r["images"])]
-            for r in acc
-        ]
-        tables.append(
+def section(jobs: list[Job]) -> Section | None:
+    """ "What changed" from the jobs' analyses; None when no job has one. (The significance tables: tables.py.)"""
+    analyses = load_analyses(jobs)
+    if not analyses:
+        return None
+    result = Section("What changed")
+    result.lines = observations(jobs, analyses)
+    table = faithfulness_table(analyses)
+    if table:
+        result.tables.append(("Faithfulness of explanations (deletion / insertion AUC)", table))
+    fig = per_layer_figure(analyses)
+    if fig is not None:
+        epochs = ", ".join(f"{job.label}: end = epoch {a['epochs']['end']}" for _, job, a in analyses)
+        result.figures.append(
             (
-                "Test accuracy, 95% Wilson interval",
-                Table(["Model", "Test Accuracy", "95% interval", "Images"], rows, [False] * len(rows)),
+                "what_changed.png",
+                "Per layer, one line per job: weight drift, linear CKA start vs end, linear-probe accuracy and "
+                f"mean attention distance ({epochs}).",
+                fig,
             )
         )
-    if pairs:
-        rows = [
-            [
-                f"{r['a']} vs {r['b']}",
-                str(r["only_a"]),
-                str(r["only_b"]),
-                f"{r['p']:.3g}",
-                f"{r['p_holm']:.3g}",
-                "yes" if r["significant"] else "no",
-            ]
-            for r in pairs
-        ]
-        headers = [
-            "Pair (A vs B)",
-            "Only A right",
-            "Only B right",
-            "Exact McNemar p",
-            "Holm p",
-            "Significant at 5% (Holm)",
-        ]
-        tables.append(("Pairwise tests on the same test images", Table(headers, rows, [False] * len(rows))))
-    seeds = _seed_intervals(jobs)
-    if seeds:
-        tables.append(("Test accuracy across seeds", seeds))
-    return tables, {"accuracy_intervals": acc, "pairwise": pairs}
-
-
-def _seed_intervals(jobs: list[Job]) -> Table | None:
-    if not any("seed" in job.swept for job in jobs):
-        return None
-    groups: dict[str, list[float]] = {}
-    for job in jobs:
-        rest = ", ".join(f"{k}={v}" for k, v in job.swept.items() if k != "seed") or "all"
-        if job.metric("test/acc") is not None:
-            groups.setdefault(rest, []).append(job.metric("test/acc"))
-    rows = []
-    for label, values in groups.items():
-        interval = sig.t_interval(values)
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        shown = f"{100 * interval[0]:.2f}–{100 * interval[1]:.2f}%" if interval else "—"
-        rows.append([label, str(len(values)), percent(float(np.mean(values)), std), shown])
-    return Table(["Model", "Seeds", "Test Accuracy (mean ± std)", "95% interval (t)"], rows, [False] * len(rows))
-
-
-def section(jobs: list[Job]) -> Section | None:
-    """Everything of "What changed"; None when no job has an analysis or test predictions."""
-    analyses = load_analyses(jobs)
-    tables, data = significance_tables(jobs)
-    if not analyses and not tables:
-        return None
-    result = Section("What changed", data=data)
-    if analyses:
-        result.lines = observations(jobs, analyses)
-        table = faithfulness_table(analyses)
-        if table:
-            result.tables.append(("Faithfulness of explanations (deletion / insertion AUC)", table))
-        fig = per_layer_figure(analyses)
-        if fig is not None:
-            epochs = ", ".join(f"{job.label}: end = epoch {a['epochs']['end']}" for _, job, a in analyses)
-            result.figures.append(
-                (
-                    "what_changed.png",
-                    "Per layer, one line per job: weight drift, linear CKA start vs end, linear-probe accuracy and "
-                    f"mean attention distance ({epochs}).",
-                    fig,
-                )
-            )
-        data["observations"] = result.lines
-    result.tables += tables
+    result.data["observations"] = result.lines
     return result

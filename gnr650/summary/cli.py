@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{directory}: no jobs found (no .hydra/overrides.yaml or results.json below it)")
             status = 1
             continue
-        print(tables.markdown(tables.job_table(summary.jobs)))
+        print(tables.markdown(summary.table))
         print(f"\n{len(summary.jobs)} jobs, {len(summary.failed)} failed or unfinished; wrote:")
         print("\n".join(f"  {path}" for path in summary.files))
     return status

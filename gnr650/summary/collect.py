@@ -46,6 +46,12 @@ class Job:
         """What the run warned about when it finished (results.json ``warnings``: e.g. it did not learn)."""
         return [str(w) for w in self.results.get("warnings") or []]
 
+    @property
+    def lookup(self) -> bool:
+        """A strategy that classifies by looking up its stored train set (kNN): its train accuracy is memorised."""
+        finetune = (self.results.get("config") or {}).get("finetune") or {}
+        return bool(finetune.get("knn"))
+
     def metric(self, name: str) -> float | None:
         """A metric from results.json, or None when missing or not a finite number."""
         value = (self.results.get("metrics") or {}).get(name)

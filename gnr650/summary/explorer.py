@@ -46,7 +46,7 @@ def explorer_section(attentions: list[JobAttention], max_codes: int | None = Non
     asset = files("gnr650.summary")
     return (
         '<section id="attention-explorer" class="attention-explorer">\n'
-        "<h2>Attention explorer</h2>\n"
+        "<h3>Attention explorer</h3>\n"
         '<p class="ae-help">The CLS token\'s attention to each image patch at the end of training (the evaluated '
         "weights): choose a class, a layer or the rollout (all layers combined), one job or all side by side, and "
         "the mean over heads or one head. Each square is one patch; in the side-by-side view all maps share one "

@@ -97,6 +97,7 @@ def accuracy_rows(predictions: list[Predictions]) -> list[dict]:
         rows.append(
             {
                 "label": p.job.label,
+                "run_dir": str(p.job.dir),
                 "correct": correct,
                 "images": total,
                 "acc": correct / total,

@@ -10,7 +10,9 @@ import csv
 import io
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from gnr650.summary import significance
 from gnr650.summary.collect import Job, format_label
 
 ACCURACIES = (
@@ -23,12 +25,14 @@ MISSING = "—"
 
 @dataclass
 class Table:
-    """Display-ready cells; `failed[i]` and `warned[i]` mark rows to highlight."""
+    """Display-ready cells; `failed[i]` and `warned[i]` mark rows to highlight; `links[column][row]`: the relative
+    href of a cell shown as a link (None: plain)."""
 
     headers: list[str]
     rows: list[list[str]]
     failed: list[bool]
     warned: list[bool] = field(default_factory=list)
+    links: dict[int, list[str | None]] = field(default_factory=dict)
 
 
 def job_records(jobs: list[Job]) -> list[dict]:
@@ -96,33 +100,46 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def job_table(jobs: list[Job]) -> Table:
-    """The reference table, one row per job, plus parameters, fit time and status."""
+LOOKUP_NOTE = "train accuracy is a lookup of its own stored train set (memorised), not a fit"
+
+
+def job_table(jobs: list[Job], root: Path, intervals: dict[Path, tuple[float, float]]) -> Table:
+    """The reference table, one row per job: accuracies, the test accuracy's 95% interval (``intervals`` by job
+    directory), parameters, fit time, speed, memory, status and the job's folder (its report.html when it has one),
+    linked relative to ``root``."""
     headers = [
-        "Model",
+        "Job",
         *(title for _, title in ACCURACIES),
+        "Test 95% Wilson interval",
         "Trainable Params",
         "Fit Time",
         "Images/s",
         "Peak Memory",
         "Status",
+        "Folder",
     ]
-    rows = []
+    rows, links = [], []
     for job, rec in zip(jobs, job_records(jobs)):
-        warnings = "".join(f", warning: {w}" for w in job.warnings)
-        status = job.status + warnings if job.ok else f"{job.status}: {job.error}"
+        notes = "".join(f", warning: {w}" for w in job.warnings) + (f", note: {LOOKUP_NOTE}" if job.lookup else "")
+        status = job.status + notes if job.ok else f"{job.status}: {job.error}"
+        folder = job.dir.relative_to(root).as_posix() if job.dir != root else "."
+        target = f"{folder}/report.html" if (job.dir / "report.html").is_file() else f"{folder}/"
+        links.append(target)
         rows.append(
             [
                 job.label,
                 *(percent(rec[name]) for name, _ in ACCURACIES),
+                interval(*intervals[job.dir]) if job.dir in intervals else MISSING,
                 params(rec["trainable_params"], rec["total_params"]),
                 duration(rec["fit_s"]),
                 MISSING if rec["images_per_s"] is None else f"{rec['images_per_s']:,.0f}",
                 MISSING if rec["peak_memory_mb"] is None else f"{rec['peak_memory_mb']:,.0f} MB",
                 status,
+                target,
             ]
         )
-    return Table(headers, rows, [not j.ok for j in jobs], [j.ok and bool(j.warnings) for j in jobs])
+    failed, warned = [not j.ok for j in jobs], [j.ok and bool(j.warnings) for j in jobs]
+    return Table(headers, rows, failed, warned, links={len(headers) - 1: links})
 
 
 def seed_table(jobs: list[Job]) -> Table | None:
@@ -130,7 +147,7 @@ def seed_table(jobs: list[Job]) -> Table | None:
     records = seed_records(jobs)
     if not records:
         return None
-    headers = ["Model", "Seeds completed", *(title for _, title in ACCURACIES), "Fit Time"]
+    headers = ["Setting (seeds pooled)", "Seeds completed", *(title for _, title in ACCURACIES), "Fit Time"]
     rows = [
         [
             r["label"],
@@ -149,6 +166,10 @@ def percent(fraction: float | None, std: float | None = None) -> str:
     if std is None:
         return f"{100 * fraction:.2f}%"
     return f"{100 * fraction:.2f} ± {100 * std:.2f}%"
+
+
+def interval(low: float, high: float) -> str:
+    return f"{100 * low:.2f}–{100 * high:.2f}%"
 
 
 def params(trainable: int | None, total: int | None) -> str:
@@ -186,3 +207,38 @@ def to_csv(records: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(records)
     return out.getvalue()
+
+
+def pairwise_table(pairs: list[dict]) -> Table:
+    """Exact McNemar tests between jobs on the same test images (``significance.pairwise_rows``), Holm-corrected."""
+    headers = ["Pair (A vs B)", "Only A right", "Only B right", "Exact McNemar p", "Holm p", "Significant at 5% (Holm)"]
+    rows = [
+        [
+            f"{r['a']} vs {r['b']}",
+            str(r["only_a"]),
+            str(r["only_b"]),
+            f"{r['p']:.3g}",
+            f"{r['p_holm']:.3g}",
+            "yes" if r["significant"] else "no",
+        ]
+        for r in pairs
+    ]
+    return Table(headers, rows, [False] * len(rows))
+
+
+def seed_interval_table(jobs: list[Job]) -> Table | None:
+    """Test accuracy across seeds per setting: mean ± std and the Student-t 95% interval (None: seed not swept)."""
+    groups = {
+        label: values
+        for label, group in _seed_groups(jobs).items()
+        if (values := [v for j in group if (v := j.metric("test/acc")) is not None])
+    }
+    if not groups:
+        return None
+    rows = []
+    for label, values in groups.items():
+        bounds = significance.t_interval(values)
+        mean, std = _mean_std(values)
+        rows.append([label, str(len(values)), percent(mean, std), interval(*bounds) if bounds else MISSING])
+    headers = ["Setting (seeds pooled)", "Seeds", "Test Accuracy (mean ± std)", "95% Interval (t)"]
+    return Table(headers, rows, [False] * len(rows))

@@ -17,9 +17,20 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from gnr650.files import atomic_write
-from gnr650.summary import attention, changes, figures, tables
+from gnr650.interpret.index import PHASE_END, ArtifactKind, artifacts_dir, find_artifacts
+from gnr650.summary import attention, changes, explorer, figures, header, significance, tables
 from gnr650.summary.collect import Job, collect_jobs
-from gnr650.summary.report import FigureEntry, render
+from gnr650.summary.report import (
+    Document,
+    FigureEntry,
+    Links,
+    Paragraphs,
+    RawHtml,
+    Section,
+    TableBlock,
+    render_html,
+    render_markdown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +42,7 @@ class Summary:
     multirun_dir: Path
     jobs: list[Job]
     files: list[Path] = field(default_factory=list)
+    table: tables.Table | None = None  # the results table as the report shows it
 
     @property
     def failed(self) -> list[Job]:
@@ -49,6 +61,8 @@ def write_summary(multirun_dir: str | Path) -> Summary:
     data = {"multirun_dir": str(root), "swept": swept, "jobs": records, "seed_aggregate": seeds or None}
     _write(summary, "summary.json", json.dumps(data, indent=2, default=str) + "\n")
 
+    predictions = significance.load_predictions(jobs)
+    accuracy, pairs = significance.accuracy_rows(predictions), significance.pairwise_rows(predictions)
     attentions = attention.load_attention(jobs)
     drawn = [entry for entry in _figures(jobs, attentions) if entry is not None]
     entropy = _draw(
@@ -58,40 +72,207 @@ def write_summary(multirun_dir: str | Path) -> Summary:
         attention.entropy_figure,
         attentions,
     )
-    sections = _sections(summary, jobs, data, [entropy] if entropy else [])
-    if entropy and not sections:  # no "What changed" section to hold it
-        drawn.append(entropy)
+    changed = _what_changed(jobs)
+    changed_figures = [
+        e for name, caption, fig in (changed.figures if changed else []) if (e := _draw(name, caption, lambda f=fig: f))
+    ]
+    drawn += changed_figures + ([entropy] if entropy else [])
     for entry in drawn:
         _write(summary, entry.name, entry.png)
-
-    title = f"Summary of {root.resolve().name}"
-    meta = _meta(jobs, swept)
-    job_table, seed_table = tables.job_table(jobs), tables.seed_table(jobs)
-    named_tables = [("Jobs", job_table)] + ([("Mean ± std over seeds", seed_table)] if seed_table else [])
-    if sections:  # rewritten with the section's numbers (the tables were written first, before any figure)
+    if changed or accuracy or pairs:  # rewritten with these numbers (the tables were written first, before any figure)
+        data["what_changed"] = {"accuracy_intervals": accuracy, "pairwise": pairs, **(changed.data if changed else {})}
         summary.files.remove(summary.multirun_dir / "summary.json")
         _write(summary, "summary.json", json.dumps(data, indent=2, default=str) + "\n")
-    _write(summary, "summary.md", _markdown(title, meta, named_tables, drawn, sections))
-    _write(summary, "report.html", render(title, meta, named_tables, drawn, sections))
+
+    intervals = {Path(row["run_dir"]): (row["low"], row["high"]) for row in accuracy}
+    summary.table = tables.job_table(jobs, root, intervals)
+    doc = Document(
+        header.title(jobs, swept),
+        header.header(jobs),
+        _sweep_sections(root, jobs, swept, summary.table, pairs, changed, drawn, attentions),
+    )
+    _write(summary, "summary.md", render_markdown(doc))
+    _write(summary, "report.html", render_html(doc))
     return summary
 
 
-def _sections(summary: Summary, jobs: list[Job], data: dict, more: list[FigureEntry]) -> list:
-    """The "What changed" section (figures written beside the others, numbers added to summary.json), with
-    ``more`` figures after its own (the exported maps' attention entropy); a failure there costs that section only."""
+# Where each figure of `_figures` and of "What changed" goes in the report (any other: a last "More figures").
+RESULTS, OBSERVATIONS, CURVES, CHANGED, PER_CLASS, ATTENTION = (
+    "Results",
+    "Observations",
+    "Learning curves",
+    "What changed",
+    "Per-class detail",
+    "Attention",
+)
+FIGURE_SECTION = {
+    "accuracy.png": RESULTS,
+    "params_accuracy.png": RESULTS,
+    "curves.png": CURVES,
+    "what_changed.png": CHANGED,
+    "attention_entropy.png": CHANGED,
+    "kernel_norms.png": CHANGED,
+}
+
+
+def _sweep_sections(
+    root: Path,
+    jobs: list[Job],
+    swept: list[str],
+    job_table: tables.Table,
+    pairs: list[dict],
+    changed: changes.Section | None,
+    drawn: list[FigureEntry],
+    attentions: list,
+) -> list[Section]:
+    """Findings first: results (with intervals and the significant pairs), observations, learning curves, what
+    changed, per-class detail, attention; the long tables collapsed."""
+    attention_names = {attention.file_name(name) for name in attention.class_names(attentions)}
+    placed: dict[str, list[FigureEntry]] = {}
+    for entry in drawn:
+        if entry.name not in attention_names:
+            placed.setdefault(FIGURE_SECTION.get(entry.name, "More figures"), []).append(entry)
+
+    results = Section(RESULTS, [Paragraphs(_meta(jobs, swept), bullets=False)])
+    results.blocks.append(TableBlock(job_table, id="results-table"))
+    seed_table, seed_intervals = tables.seed_table(jobs), tables.seed_interval_table(jobs)
+    if seed_table:
+        results.blocks.append(TableBlock(seed_table, "Mean ± std over seeds"))
+    if seed_intervals:
+        results.blocks.append(TableBlock(seed_intervals, "Test accuracy across seeds"))
+    results.blocks += _significance_blocks(jobs, pairs)
+    results.blocks += placed.pop(RESULTS, [])
+    sections = [results, Section(OBSERVATIONS, [Paragraphs(_observations(jobs, pairs, changed))])]
+    if CURVES in placed:
+        sections.append(Section(CURVES, placed.pop(CURVES)))
+    if changed or CHANGED in placed:
+        what = Section(CHANGED, placed.pop(CHANGED, []))
+        what.blocks += [
+            TableBlock(table, heading, collapsed=True) for heading, table in (changed.tables if changed else [])
+        ]
+        sections.append(what)
+    per_class = _per_class_section(root, jobs)
+    if per_class:
+        sections.append(per_class)
+    attention_section = _attention_section(attentions, drawn)
+    if attention_section:
+        sections.append(attention_section)
+    sections += [Section(heading, entries) for heading, entries in placed.items()]
+    return sections
+
+
+def _significance_blocks(jobs: list[Job], pairs: list[dict]) -> list:
+    """Per job, the jobs it beats significantly (shown); the significant pairs and every pair in collapsed tables."""
+    if not pairs:
+        return []
+    significant = [p for p in pairs if p["significant"]]
+    intro = f"Exact McNemar tests on the same test images, Holm-corrected over {len(pairs)} pairs: " + (
+        f"{len(significant)} differ significantly at 5%." if significant else "no pair differs significantly at 5%."
+    )
+    beats: dict[str, list[str]] = {}
+    for p in significant:
+        winner, loser = (p["a"], p["b"]) if p["only_a"] > p["only_b"] else (p["b"], p["a"])
+        beats.setdefault(winner, []).append(loser)
+    order = [j.label for j in jobs if j.label in beats]
+    lines = [f"{label} is more accurate than {', '.join(beats[label])}." for label in order]
+    blocks: list = [Paragraphs([intro], bullets=False)] + ([Paragraphs(lines)] if lines else [])
+    if significant:
+        table = tables.pairwise_table(significant)
+        blocks.append(TableBlock(table, "Significant pairs (Holm p < 0.05)", collapsed=len(significant) > 8))
+    if len(significant) < len(pairs):
+        blocks.append(
+            TableBlock(tables.pairwise_table(pairs), "Pairwise tests on the same test images", collapsed=True)
+        )
+    return blocks
+
+
+def _observations(jobs: list[Job], pairs: list[dict], changed: changes.Section | None) -> list[str]:
+    """Measured statements: the best job on test and by how much (and whether that is significant), jobs whose test
+    predictions are identical, the train - validation gap, the lookup caveat; then the analysis's observations."""
+    lines = []
+    scored = sorted((j for j in jobs if j.ok and j.metric("test/acc") is not None), key=lambda j: -j.metric("test/acc"))
+    if len(scored) > 1:
+        best, second = scored[0], scored[1]
+        margin = 100 * (best.metric("test/acc") - second.metric("test/acc"))
+        pair = next((p for p in pairs if {p["a"], p["b"]} == {best.label, second.label}), None)
+        verdict = "significant" if pair and pair["significant"] else "not significant"
+        test = f" (exact McNemar, Holm p = {pair['p_holm']:.3g}: {verdict} at 5%)" if pair else ""
+        lines.append(
+            f"Best on test: {best.label} at {tables.percent(best.metric('test/acc'))}, {margin:.2f} points above "
+            f"the next, {second.label} ({tables.percent(second.metric('test/acc'))}){test}."
+        )
+    elif scored:
+        lines.append(f"Test accuracy: {scored[0].label} {tables.percent(scored[0].metric('test/acc'))}.")
+    identical = [f"{p['a']} and {p['b']}" for p in pairs if p["only_a"] == p["only_b"] == 0]
+    if identical:
+        lines.append("Identical test predictions (no image where they differ): " + "; ".join(identical) + ".")
+    gaps = [
+        (j, 100 * (j.metric("train/acc") - j.metric("val/acc")))
+        for j in jobs
+        if j.ok and j.metric("train/acc") is not None and j.metric("val/acc") is not None
+    ]
+    if gaps:
+        lines.append(
+            "Train − validation accuracy gap (points; large = overfitting): "
+            + "; ".join(f"{j.label} {gap:+.2f}" + (" (lookup: memorised)" if j.lookup else "") for j, gap in gaps)
+            + "."
+        )
+    lookups = [j.label for j in jobs if j.lookup]
+    if lookups:
+        lines.append(f"{', '.join(lookups)}: {tables.LOOKUP_NOTE}; compare such jobs on validation and test only.")
+    return lines + (changed.lines if changed else [])
+
+
+def _per_class_section(root: Path, jobs: list[Job]) -> Section | None:
+    """Per-class test accuracy of every job (results.json; a row per class, a column per job) and a link to each
+    job's confusion matrix figure."""
+    done = [j for j in jobs if j.ok and ((j.results.get("per_class") or {}).get("test"))]
+    links = [
+        (job.label, path.relative_to(root).as_posix())
+        for job in jobs
+        for path in find_artifacts(artifacts_dir(job.dir), ArtifactKind.EVALUATION_PLOT, phase=PHASE_END)[-1:]
+    ]
+    if not done and not links:
+        return None
+    section = Section(PER_CLASS)
+    if done:
+        classes = list(done[0].results["per_class"]["test"])
+        rows = [[c, *(tables.percent(j.results["per_class"]["test"].get(c)) for j in done)] for c in classes]
+        table = tables.Table(["Class", *(j.label for j in done)], rows, [False] * len(rows))
+        section.blocks.append(TableBlock(table, "Test accuracy per class"))
+    if links:
+        section.blocks.append(Links("Each job's test confusion matrix and per-class accuracy figure:", links))
+    return section
+
+
+def _attention_section(attentions: list, written: list[FigureEntry]) -> Section | None:
+    """ "Attention": the explorer (class, layer, job, head; one page of data instead of a grid per class), then the
+    per-class attention grids written beside the report, linked by class (not embedded: they were three quarters of
+    the page's bytes)."""
+    blocks: list = []
     try:
-        changed = changes.section(jobs)
+        fragment = explorer.explorer_section(attentions)
+    except Exception:  # the grids below still show the attention
+        log.exception("Could not build the attention explorer")
+        fragment = None
+    if fragment:
+        blocks.append(RawHtml(fragment, "The attention explorer (class, layer, job, head) is in report.html."))
+    names = {entry.name for entry in written}
+    links = [(name, file) for name in attention.class_names(attentions) if (file := attention.file_name(name)) in names]
+    if links:
+        intro = "Per class, every layer of every job as one figure (a row per job, its rollout in the last row):"
+        blocks.append(Links(intro, links))
+    return Section(ATTENTION, blocks) if blocks else None
+
+
+def _what_changed(jobs: list[Job]) -> changes.Section | None:
+    """The analyses' "What changed" (observations, faithfulness table, per-layer figure); a failure there costs
+    that section only."""
+    try:
+        return changes.section(jobs)
     except Exception:
         log.exception("Could not build the 'What changed' section")
-        return []
-    if changed is None:
-        return []
-    drawn = [e for name, caption, fig in changed.figures if (e := _draw(name, caption, lambda f=fig: f)) is not None]
-    drawn += more
-    for entry in drawn:
-        _write(summary, entry.name, entry.png)
-    data["what_changed"] = changed.data
-    return [(changed.heading, changed.lines, changed.tables, drawn)]
+        return None
 
 
 def _figures(jobs: list[Job], attentions: list):
@@ -168,19 +349,6 @@ def _meta(jobs: list[Job], swept: list[str]) -> list[str]:
         best = max(scored, key=lambda job: job.metric("val/acc"))
         lines.append(f"Best validation accuracy: {best.label} ({tables.percent(best.metric('val/acc'))}).")
     return lines
-
-
-def _markdown(title: str, meta: list[str], named_tables, drawn: list[FigureEntry], sections=()) -> str:
-    parts = [f"# {title}", *meta]
-    for heading, table in named_tables:
-        parts += [f"## {heading}", tables.markdown(table)]
-    parts += [f"![{entry.caption}]({entry.name})" for entry in drawn]
-    for heading, lines, section_tables, section_figures in sections:
-        parts += [f"## {heading}", *(f"- {line}" for line in lines)]
-        for sub, table in section_tables:
-            parts += [f"### {sub}", tables.markdown(table)]
-        parts += [f"![{entry.caption}]({entry.name})" for entry in section_figures]
-    return "\n\n".join(parts) + "\n"
 
 
 def _write(summary: Summary, name: str, content: str | bytes) -> None:

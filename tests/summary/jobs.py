@@ -120,3 +120,97 @@ def make_job(
         }
         (job / "results.json").write_text(json.dumps(results))
     return job
+
+
+EUROSAT = [
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+]
+
+
+def realistic_sweep(root: Path, strategies: list[str], test_images: int = 540, attention: bool = True) -> Path:
+    """A ViT strategy sweep with everything a real job leaves (results.json with config, provenance and per-class
+    accuracies; curves; attention for 10 classes over 12 layers; analysis.json; test predictions; the evaluation
+    figure), for the report's size and browser checks; ``attention=False``: no attention export (drawing its
+    grids is most of a summary's time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(test_images) % len(EUROSAT)
+    blocks = [f"blocks.{i}" for i in range(12)]
+    for num, strategy in enumerate(strategies):
+        right = rng.random(test_images) < 0.6 + 0.03 * num
+        predicted = np.where(right, labels, (labels + 1) % len(EUROSAT))
+        acc = float(right.mean())
+        job = make_job(root, num, ["experiment=eurosat-vit", f"finetune={strategy}"], acc=(0.99, acc + 0.01, acc))
+        artifacts = artifacts_dir(job)
+        (artifacts / "change").mkdir(parents=True)
+        if attention:
+            np.savez(artifacts / "attention.npz", **attention_arrays(1.0 + num / 4, 12, 14, num, EUROSAT))
+        np.savez(artifacts / "test_predictions.npz", labels=labels, predicted=predicted)
+        analysis = {
+            "epochs": {"start": 0, "end": 3},
+            "blocks": blocks,
+            "weight_drift": {b: 0.01 * num * (i + 1) for i, b in enumerate(blocks)},
+            "cka": {b: 1 - 0.02 * num * i for i, b in enumerate(blocks)},
+            "layer_probe": {b: {"start": 0.5, "end": 0.5 + 0.03 * i} for i, b in enumerate(blocks)},
+            "attention_distance": {b: {"start": [40.0] * 3, "end": [20.0 + 5 * i] * 3} for i, b in enumerate(blocks)},
+            "attention_entropy": {b: {"start": 3.0, "end": 2.0 + 0.1 * i} for i, b in enumerate(blocks)},
+            "faithfulness": {
+                method: {"deletion_auc": 0.3 + 0.01 * num, "insertion_auc": 0.6, "images": 16}
+                for method in ("rollout", "gradcam", "random")
+            },
+        }
+        (artifacts / "analysis.json").write_text(json.dumps(analysis))
+        fig = Figure(figsize=(12, 5))
+        left, right_ax = fig.subplots(1, 2)
+        left.imshow(rng.random((10, 10)))
+        right_ax.barh(EUROSAT, rng.random(10))
+        fig.savefig(artifacts / "change" / "test_evaluation.png", dpi=100)
+        append_to_index(
+            artifacts,
+            [entry(ArtifactKind.ATTENTION_NPZ, "attention.npz", phase="end", epoch=3)] * attention
+            + [
+                entry(ArtifactKind.TEST_PREDICTIONS, "test_predictions.npz", phase="end", epoch=3),
+                entry(ArtifactKind.ANALYSIS_JSON, "analysis.json", phase="end", epoch=3),
+                entry(ArtifactKind.EVALUATION_PLOT, "change/test_evaluation.png", phase="end", epoch=3),
+            ],
+        )
+        results = json.loads((job / "results.json").read_text())
+        results |= {
+            "dataset": "EuroSAT",
+            "model": "vit_b16",
+            "finetune": strategy,
+            "seed": 0,
+            "epochs": 0 if strategy in ("frozen", "knn") else 3,
+            "data": {"sizes": {"train": 1620, "val": 540, "test": test_images}, "classes": EUROSAT},
+            "preprocess": {"input_size": [64, 64]},
+            "per_class": {"test": {c: float(right[labels == i].mean()) for i, c in enumerate(EUROSAT)}},
+            "versions": {"torch": "2.5.1", "timm": "1.0.11", "pytorch_lightning": "2.4.0", "gnr650": "0.1.0"},
+            "provenance": {
+                "commit": "0123456789abcdef",
+                "dirty": True,
+                "machine": {"cpu": "Test CPU", "cores": 2, "gpu": None, "platform": "Linux"},
+            },
+            "config": {
+                "task_name": "eurosat-vit",
+                "trainer": {"max_epochs": 3},
+                "optimizer": {"lr_head": 1e-3, "lr_backbone": 1e-4},
+                "model": {"pretrained": True},
+                "dataset": {"fraction": 0.1},
+                "finetune": {"name": strategy, "knn": {"k": 20} if strategy == "knn" else None},
+            },
+        }
+        (job / "results.json").write_text(json.dumps(results))
+    return root
