@@ -157,7 +157,12 @@ def realistic_sweep(root: Path, strategies: list[str], test_images: int = 540, a
         artifacts = artifacts_dir(job)
         (artifacts / "change").mkdir(parents=True)
         if attention:
-            np.savez(artifacts / "attention.npz", **attention_arrays(1.0 + num / 4, 12, 14, num, EUROSAT))
+            np.savez(
+                artifacts / "attention.npz",
+                **attention_arrays(
+                    1.0 + num / 4, n_layers=12, grid=14, seed=num, heads=3, classes=EUROSAT, image_size=224
+                ),
+            )
         np.savez(artifacts / "test_predictions.npz", labels=labels, predicted=predicted)
         analysis = {
             "epochs": {"start": 0, "end": 3},

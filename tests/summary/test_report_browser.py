@@ -7,6 +7,7 @@ The screenshot and the page are kept as artefacts in $GNR650_TEST_ARTIFACTS (def
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -34,9 +35,11 @@ def check_page(browser: Chromium, report: Path, name: str) -> list[dict]:
     assert browser.errors() == []
     images = browser.images()
     assert images and all(image["complete"] and image["width"] > 0 for image in images), images
-    relative = [h for h in browser.evaluate(LINKS_JS) if not h.startswith(("#", "data:", "http:", "https:"))]
+    relative = [
+        h for h in json.loads(browser.evaluate(LINKS_JS)) if not h.startswith(("#", "data:", "http:", "https:"))
+    ]
     assert relative and [h for h in relative if not (report.parent / h).exists()] == []
-    assert browser.evaluate(TOC_JS) == [] and len(browser.evaluate(LINKS_JS)) > len(relative)
+    assert json.loads(browser.evaluate(TOC_JS)) == [] and len(json.loads(browser.evaluate(LINKS_JS))) > len(relative)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"{name}_screenshot.png").write_bytes(browser.screenshot())
     shutil.copy(report, ARTIFACTS / f"{name}.html")
