@@ -220,7 +220,7 @@ class KernelNormExport(_NormExport):
     stats_csv, stats_kind = "kernel_norm_stats.csv", ArtifactKind.KERNEL_NORM_STATS_CSV
     kernels_csv = "kernel_norms.csv"
     plot_kind = ArtifactKind.KERNEL_NORMS_PLOT
-    title = "conv kernel L2 norms per layer"
+    title = "L2 norm of every 2-D kernel w[out, in] per conv layer"
     ylabel = "kernel L2 norm  ‖w[out, in]‖₂"
 
     def layers(self, net):
@@ -321,8 +321,9 @@ class KernelImageExport(ArtifactExport):
             end = weight.detach()[: self.num_kernels].float().cpu()
             change = float((end - start).norm() / start.norm().clamp_min(1e-12))
             title = (
-                f"{name}  ({shape}): change {phase} (epoch {epoch}) − start (epoch {self._start['epoch']})\n"
-                f"first {shown} kernels, {self._how(False)}; ‖Δw‖ / ‖w_start‖ = {change:.1%} over them"
+                f"{name}  ({shape}): change of the kernels\n{phase} (epoch {epoch}) − start (epoch "
+                f"{self._start['epoch']}), first {shown} of {weight.shape[0]} kernels\n"
+                f"{self._how(False)}; ‖Δw‖ / ‖w_start‖ = {change:.1%} over them"
             )
             diff = kern_lib.kernel_difference_grid(start, end, self.num_kernels, self.channel)
             path = f"kernels/{phase}-start/{name}.png"

@@ -99,7 +99,7 @@ def kernel_figure(grid: torch.Tensor, is_rgb: bool, title: str) -> Figure:
 def kernel_difference_figure(diff: torch.Tensor, title: str) -> Figure:
     """End - start kernels from ``kernels.kernel_difference_grid`` on one symmetric diverging scale, ±max|Δw| of
     the grid in weight units (white: unchanged), so kernels that changed more stand out."""
-    fig = Figure(figsize=(6, 6), layout="constrained")
+    fig = Figure(figsize=(6, 6.3), layout="constrained")
     ax = fig.subplots()
     limit = float(np.nanmax(np.abs(diff.numpy()), initial=0.0)) or 1.0  # all unchanged (frozen): any scale
     im = ax.imshow(diff.numpy(), cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
