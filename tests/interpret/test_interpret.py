@@ -153,7 +153,7 @@ def kernel_tiles(grid: torch.Tensor, n: int, size: int) -> list[np.ndarray]:
 def test_kernel_difference_is_end_minus_start_on_a_symmetric_scale(layer, channel):
     start = dict(resnet18().named_modules())[layer].weight.detach().clone()
     end = start + 0.01 * torch.rand_like(start)  # every weight grows: a min-max scale would not be symmetric
-    end[3] -= 0.5  # one kernel changed far more, and the other way
+    end[3] += 0.5  # one kernel changed far more: the scale is ±its change
     diff = kernels.kernel_difference_grid(start, end, num_kernels=9, channel=channel)
     size = start.shape[-1]
     assert diff.shape == (3 * (size + 1) + 1,) * 2
