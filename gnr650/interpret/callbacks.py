@@ -25,6 +25,7 @@ from gnr650.interpret import kernels as kern_lib
 from gnr650.interpret.figures import (
     attention_figure,
     feature_map_figure,
+    kernel_difference_figure,
     kernel_figure,
     norm_figure,
     rollout_overview_figure,
@@ -148,81 +149,117 @@ class ArtifactExport(pl.Callback):
 
 
 class _NormExport(ArtifactExport):
-    """Per-unit weight L2 norms per layer: ``<name>.csv`` (one row per phase and layer, all phases so
-    far) and ``<name>.png`` (distributions of the first phase against the latest)."""
+    """Weight L2 norms per layer: ``stats_csv`` (their mean/std/min/max, one row per phase and layer, every phase
+    so far), whatever else ``csv_files`` adds, and ``<name>.png`` (distributions of the first phase against the
+    latest)."""
 
     name = ""
-    csv_kind: ArtifactKind
+    stats_csv = ""
+    stats_kind: ArtifactKind
     plot_kind: ArtifactKind
     title = ""
     ylabel = ""
 
     def __init__(self, output_dir: str, at_start: bool = True, at_end: bool = True, every_n_epochs: int = 0):
         super().__init__(output_dir, at_start, at_end, every_n_epochs)
-        self._rows: list[dict] = []
+        self._tables = {file: kern_lib.PhaseTable(columns) for file, (_, columns) in self.csv_files().items()}
         self._phases: dict[str, dict[str, torch.Tensor]] = {}
 
     def layers(self, net: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         raise NotImplementedError
 
+    def norms(self, layers: list[tuple[str, torch.nn.Module]]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def csv_files(self) -> dict[str, tuple[ArtifactKind, tuple[str, ...]]]:
+        """CSV file -> (its index kind, its columns)."""
+        return {self.stats_csv: (self.stats_kind, kern_lib.NORM_STATS_COLUMNS)}
+
+    def rows(self, norms: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], phase: str, epoch: int):
+        """CSV file -> its rows for this phase (CSV text)."""
+        return {self.stats_csv: kern_lib.norm_stats(norms, shapes, phase, epoch)}
+
     def start_state(self, pl_module):
-        """The start's norms (the plot shows them against the latest) and rows (if the csv is lost)."""
+        """The start's norms (the plot shows them against the latest; the start's rows if the CSVs are lost)."""
         ((label, norms),) = list(self._phases.items())[:1]
-        return {"label": label, "norms": norms, "rows": [r for r in self._rows if r["phase"] == PHASE_START]}
+        shapes = {name: tuple(m.weight.shape) for name, m in self.layers(pl_module.net)}
+        return {"label": label, "norms": norms, "shapes": shapes}
 
     def restore_start(self, state, trainer, pl_module):
-        """Rows of every phase so far as the csv holds them (they are rewritten as read), the start's norms."""
-        csv_path = self.artifacts_dir / f"{self.name}.csv"
-        self._rows = kern_lib.read_norms_csv(csv_path) if csv_path.is_file() else state["rows"]
+        """Rows of every phase so far as the CSVs hold them (they are rewritten as read), the start's norms."""
         self._phases = {state["label"]: state["norms"]}
+        for file, table in self._tables.items():
+            path = self.artifacts_dir / file
+            if path.is_file():
+                self._tables[file] = kern_lib.PhaseTable.read(path, table.columns)
+            else:
+                table.set(PHASE_START, self.rows(state["norms"], state["shapes"], PHASE_START, state["epoch"])[file])
 
     def export(self, trainer, pl_module, phase, epoch):
         layers = self.layers(pl_module.net)
         if not layers:
             raise ValueError(f"{type(self).__name__}: {type(pl_module.net).__name__} has no layers of this kind")
-        norms = kern_lib.unit_norms(layers)
-        rows = kern_lib.norm_summary(norms, {n: tuple(m.weight.shape) for n, m in layers}, phase, epoch)
-        self._rows = [r for r in self._rows if r["phase"] != phase] + rows  # a repeated phase replaces its rows
+        norms = self.norms(layers)
         self._phases[f"{phase} (epoch {epoch})"] = norms
-        csv_path, png_path = f"{self.name}.csv", f"{self.name}.png"
-        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        kern_lib.write_norms_csv(self.artifacts_dir / csv_path, self._rows)
+        entries = []
+        for file, rows in self.rows(norms, {n: tuple(m.weight.shape) for n, m in layers}, phase, epoch).items():
+            self._tables[file].set(phase, rows)  # a repeated phase replaces its rows
+            self._tables[file].write(self.artifacts_dir / file)
+            entries.append(entry(self.csv_files()[file][0], file, phase=phase, epoch=epoch))
+        png_path = f"{self.name}.png"
         shown = dict(list(self._phases.items())[:1] + list(self._phases.items())[-1:])
         title = f"{_model_name(pl_module.net)}: {self.title}, {len(layers)} layers"
         save_figure(norm_figure(shown, title, self.ylabel), self.artifacts_dir / png_path)
-        return [
-            entry(self.csv_kind, csv_path, phase=phase, epoch=epoch),
-            entry(self.plot_kind, png_path, phase=phase, epoch=epoch),
-        ]
+        return entries + [entry(self.plot_kind, png_path, phase=phase, epoch=epoch)]
 
 
 class KernelNormExport(_NormExport):
-    """L2 norm of every output kernel of every Conv2d (``kernel_norms.csv``/``.png``)."""
+    """L2 norm of every 2-D kernel ``w[out, in]`` of every Conv2d: ``kernel_norms.csv`` (long format, one row per
+    kernel and phase), ``kernel_norm_stats.csv`` (per layer and phase) and ``kernel_norms.png``."""
 
     name = "kernel_norms"
-    csv_kind, plot_kind = ArtifactKind.KERNEL_NORMS_CSV, ArtifactKind.KERNEL_NORMS_PLOT
-    title = "conv kernel L2 norms per layer"
-    ylabel = "kernel L2 norm  ‖w.flatten(1)‖₂"
+    stats_csv, stats_kind = "kernel_norm_stats.csv", ArtifactKind.KERNEL_NORM_STATS_CSV
+    kernels_csv = "kernel_norms.csv"
+    plot_kind = ArtifactKind.KERNEL_NORMS_PLOT
+    title = "L2 norm of every 2-D kernel w[out, in] per conv layer"
+    ylabel = "kernel L2 norm  ‖w[out, in]‖₂"
 
     def layers(self, net):
         return kern_lib.conv_layers(net)
 
+    def norms(self, layers):
+        return kern_lib.kernel_norms(layers)
+
+    def csv_files(self):
+        return {self.kernels_csv: (ArtifactKind.KERNEL_NORMS_CSV, kern_lib.KERNEL_NORM_COLUMNS)} | super().csv_files()
+
+    def rows(self, norms, shapes, phase, epoch):
+        return {self.kernels_csv: kern_lib.kernel_norm_rows(norms, phase, epoch)} | super().rows(
+            norms, shapes, phase, epoch
+        )
+
 
 class ViTWeightNormExport(_NormExport):
-    """L2 norm of every output row of each block's qkv, proj, fc1, fc2 (``vit_weight_norms.csv``/``.png``):
-    the transformer counterpart of the kernel-norm study."""
+    """L2 norm of every output row of each block's qkv, proj, fc1, fc2, summed up per layer
+    (``vit_weight_norms.csv``/``.png``): the transformer counterpart of the kernel-norm study."""
 
     name = "vit_weight_norms"
-    csv_kind, plot_kind = ArtifactKind.VIT_WEIGHT_NORMS_CSV, ArtifactKind.VIT_WEIGHT_NORMS_PLOT
+    stats_csv, stats_kind = "vit_weight_norms.csv", ArtifactKind.VIT_WEIGHT_NORMS_CSV
+    plot_kind = ArtifactKind.VIT_WEIGHT_NORMS_PLOT
     title = "linear-layer row L2 norms per block (qkv, proj, fc1, fc2)"
     ylabel = "row L2 norm  ‖W[i, :]‖₂"
 
     def layers(self, net):
         return kern_lib.vit_linear_layers(net)
 
+    def norms(self, layers):
+        return kern_lib.row_norms(layers)
+
 
 class KernelImageExport(ArtifactExport):
-    """Kernel grids of chosen conv layers: ``kernels/<phase>/<layer>.png``.
+    """Kernel grids of chosen conv layers: ``kernels/<phase>/<layer>.png``, and for every phase after the start
+    the change of those kernels, ``kernels/<phase>-start/<layer>.png`` (end - start on its own symmetric scale:
+    the start and end grids, each kernel scaled to its own max, can look the same when little changed).
 
     ``layers``: conv module names (default: the first conv and one conv per stage); ``num_kernels``:
     first N kernels shown; ``channel``: show this input channel instead of the mean over input channels
@@ -243,6 +280,19 @@ class KernelImageExport(ArtifactExport):
         self.layers = list(layers) if layers else None
         self.num_kernels = num_kernels
         self.channel = channel
+        self._start: dict = {}  # {"epoch": int, "kernels": {layer: the shown kernels at the start}}
+
+    def start_state(self, pl_module):
+        """The start's shown kernels: every later phase draws its change from them."""
+        return {"kernels": self._start["kernels"]}
+
+    def restore_start(self, state, trainer, pl_module):
+        self._start = state
+
+    def _how(self, is_rgb: bool) -> str:
+        if is_rgb:
+            return "RGB, min-max per kernel"
+        return f"input channel {self.channel}" if self.channel is not None else "mean over input channels"
 
     def export(self, trainer, pl_module, phase, epoch):
         convs = dict(kern_lib.conv_layers(pl_module.net))
@@ -250,25 +300,36 @@ class KernelImageExport(ArtifactExport):
         unknown = [n for n in names if n not in convs]
         if unknown:
             raise ValueError(f"not Conv2d layers of the model: {unknown}; available: {list(convs)}")
+        if phase == PHASE_START:
+            kernels = {name: convs[name].weight.detach()[: self.num_kernels].float().cpu().clone() for name in names}
+            self._start = {"epoch": epoch, "kernels": kernels}
         entries = []
         for name in names:
             weight = convs[name].weight
             grid, is_rgb = kern_lib.kernel_grid(weight, self.num_kernels, self.channel)
             shown = min(self.num_kernels, weight.shape[0])
-            how = (
-                "RGB, min-max per kernel"
-                if is_rgb
-                else f"input channel {self.channel}"
-                if self.channel is not None
-                else "mean over input channels"
-            )
+            shape = "x".join(map(str, weight.shape))
             title = (
-                f"{name}  ({'x'.join(map(str, weight.shape))}), {phase} (epoch {epoch})\n"
-                f"first {shown} of {weight.shape[0]} kernels, {how}"
+                f"{name}  ({shape}), {phase} (epoch {epoch})\n"
+                f"first {shown} of {weight.shape[0]} kernels, {self._how(is_rgb)}"
             )
             path = f"kernels/{phase}/{name}.png"
             save_figure(kernel_figure(grid, is_rgb, title), self.artifacts_dir / path)
             entries.append(entry(ArtifactKind.KERNEL_GRID, path, phase=phase, layer=name, epoch=epoch))
+            if phase == PHASE_START or name not in self._start.get("kernels", {}):
+                continue
+            start = self._start["kernels"][name]
+            end = weight.detach()[: self.num_kernels].float().cpu()
+            change = float((end - start).norm() / start.norm().clamp_min(1e-12))
+            title = (
+                f"{name}  ({shape}): change of the kernels\n{phase} (epoch {epoch}) − start (epoch "
+                f"{self._start['epoch']}), first {shown} of {weight.shape[0]} kernels\n"
+                f"{self._how(False)}; ‖Δw‖ / ‖w_start‖ = {change:.1%} over them"
+            )
+            diff = kern_lib.kernel_difference_grid(start, end, self.num_kernels, self.channel)
+            path = f"kernels/{phase}-start/{name}.png"
+            save_figure(kernel_difference_figure(diff, title), self.artifacts_dir / path)
+            entries.append(entry(ArtifactKind.KERNEL_DIFF_GRID, path, phase=phase, layer=name, epoch=epoch))
         return entries
 
 
@@ -277,7 +338,9 @@ class FeatureMapExport(ArtifactExport):
 
     The image is the first one of class ``image_class`` (by name) in ``split``, or the file
     ``image_path`` when given. ``stages`` maps a label to a module name (default: ResNet stem and
-    ``layer1``..``layer4``); the first ``num_channels`` channels of each are shown.
+    ``layer1``..``layer4``); the first ``num_channels`` channels of each are shown. Stages whose map is
+    smaller than ``min_size`` in height or width (ResNet's ImageNet stem on 32x32 inputs: layer3 2x2, layer4
+    1x1) are left out and named in the figure.
     """
 
     def __init__(
@@ -288,6 +351,7 @@ class FeatureMapExport(ArtifactExport):
         split: str = "test",
         stages: dict[str, str] | None = None,
         num_channels: int = 16,
+        min_size: int = 4,
         at_start: bool = False,
         at_end: bool = True,
         every_n_epochs: int = 0,
@@ -298,6 +362,7 @@ class FeatureMapExport(ArtifactExport):
         self.split = split
         self.stages = dict(stages) if stages else None
         self.num_channels = num_channels
+        self.min_size = min_size
 
     def export(self, trainer, pl_module, phase, epoch):
         dm = _datamodule(trainer)
@@ -308,10 +373,20 @@ class FeatureMapExport(ArtifactExport):
         net = pl_module.net
         x = _inputs(pl_module, image[None])
         maps = feat_lib.feature_maps(net, x, self.stages or feat_lib.default_stages(net))
+        shown, left_out = feat_lib.spatial_maps({k: v[0] for k, v in maps.items()}, self.min_size)
+        if left_out:
+            log.info(
+                "Feature maps of %s left out: smaller than %dx%d at %dx%d input%s.",
+                ", ".join(f"{label} ({h}x{w})" for label, (h, w) in left_out.items()),
+                self.min_size,
+                self.min_size,
+                *x.shape[-2:],
+                "; model.stem=cifar (3x3 stride-1 stem, no max-pool) keeps every map 4x larger"
+                if isinstance(getattr(net, "maxpool", None), torch.nn.MaxPool2d)
+                else "",
+            )
         title = f"{_model_name(net)} feature maps: {caption} ({self.split} split), {phase} (epoch {epoch})"
-        fig = feature_map_figure(
-            image, {k: v[0] for k, v in maps.items()}, tuple(x.shape[-2:]), self.num_channels, title
-        )
+        fig = feature_map_figure(image, shown, left_out, tuple(x.shape[-2:]), self.num_channels, title)
         path = f"feature_maps/{phase}_{_slug(caption)}.png"
         save_figure(fig, self.artifacts_dir / path)
         return [entry(ArtifactKind.FEATURE_MAPS, path, phase=phase, epoch=epoch)]

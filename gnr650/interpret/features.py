@@ -44,16 +44,28 @@ def feature_maps(net: nn.Module, x: torch.Tensor, stages: dict[str, str]) -> dic
     return {label: out[label].float().cpu() for label in stages}
 
 
+def spatial_maps(
+    maps: dict[str, torch.Tensor], min_size: int
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
+    """Split feature maps [..., H, W] into those at least ``min_size`` in height and width (worth drawing) and
+    the sizes of the rest (e.g. 2x2 and 1x1 at layer3/layer4 of the ImageNet stem on 32x32 inputs)."""
+    kept = {label: m for label, m in maps.items() if min(m.shape[-2:]) >= min_size}
+    left_out = {label: tuple(m.shape[-2:]) for label, m in maps.items() if label not in kept}
+    return kept, left_out
+
+
 def channel_grid(fmap: torch.Tensor, num_channels: int = 16) -> torch.Tensor:
     """First ``num_channels`` channels of one feature map [C, H, W] tiled as [H', W'] (NaN padding).
 
-    Each channel is min-max scaled on its own so weak channels stay visible; 1x1 maps have no
-    spatial range, so those are scaled jointly across channels instead.
+    One rule for every channel: min-max scaled on its own to [0, 1] (0 = its minimum, 1 = its maximum), so weak
+    channels stay visible. A constant channel (e.g. all zero after a ReLU) has no range: it is set to -1, below
+    the scale, for the figure to draw in its own colour.
     """
     maps = fmap[:num_channels, None].float()
-    per_channel = maps.shape[-1] * maps.shape[-2] > 1
+    lo, hi = maps.amin(dim=(1, 2, 3), keepdim=True), maps.amax(dim=(1, 2, 3), keepdim=True)
+    scaled = torch.where(hi > lo, (maps - lo) / (hi - lo).clamp_min(torch.finfo(maps.dtype).tiny), -1.0)
     nrow = max(1, int(round(maps.shape[0] ** 0.5)))
-    return make_grid(maps, nrow=nrow, padding=1, normalize=True, scale_each=per_channel, pad_value=float("nan"))[0]
+    return make_grid(scaled, nrow=nrow, padding=1, pad_value=float("nan"))[0]
 
 
 def load_image(path: str | Path) -> torch.Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -19,6 +20,7 @@ from gnr650.interpret.features import channel_grid
 
 DPI = 120
 ATTENTION_CMAP = "inferno"
+DIVERGING_CMAP = "RdBu_r"
 PHASE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
@@ -51,7 +53,7 @@ def norm_figure(phases: dict[str, dict[str, torch.Tensor]], title: str, ylabel: 
     for k, (label, colour) in enumerate(zip(labels, PHASE_COLOURS)):
         pos = x - 0.4 + width * (k + 0.5)
         axes[0].boxplot(
-            [phases[label][name].numpy() for name in layers],
+            [phases[label][name].flatten().numpy() for name in layers],
             positions=pos,
             widths=width * 0.9,
             whis=(0, 100),
@@ -60,7 +62,7 @@ def norm_figure(phases: dict[str, dict[str, torch.Tensor]], title: str, ylabel: 
             medianprops={"color": "black"},
         )
         axes[0].plot([], [], color=colour, lw=8, alpha=0.6, label=label)
-    values = torch.cat([n for norms in phases.values() for n in norms.values()])
+    values = torch.cat([n.flatten() for norms in phases.values() for n in norms.values()])
     if values.max() > 20 * values.min().clamp_min(1e-12):
         axes[0].set_yscale("log")
     axes[0].set_ylabel(ylabel)
@@ -87,50 +89,61 @@ def kernel_figure(grid: torch.Tensor, is_rgb: bool, title: str) -> Figure:
     if is_rgb:
         ax.imshow(np.nan_to_num(_hwc(grid), nan=1.0), interpolation="nearest")
     else:
-        im = ax.imshow(grid.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        im = ax.imshow(grid.numpy(), cmap=DIVERGING_CMAP, vmin=-1, vmax=1, interpolation="nearest")
         fig.colorbar(im, ax=ax, shrink=0.8, label="weight / max|w| of the kernel")
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
     return fig
 
 
-def feature_map_figure(
-    image: torch.Tensor, maps: dict[str, torch.Tensor], input_hw: tuple[int, int], num_channels: int, title: str
-) -> Figure:
-    """The input image and, per stage, the first ``num_channels`` channels of its activation [C, H, W].
+def kernel_difference_figure(diff: torch.Tensor, title: str) -> Figure:
+    """End - start kernels from ``kernels.kernel_difference_grid`` on one symmetric diverging scale, ±max|Δw| of
+    the grid in weight units (white: unchanged), so kernels that changed more stand out."""
+    fig = Figure(figsize=(6, 6.3), layout="constrained")
+    ax = fig.subplots()
+    limit = float(np.nanmax(np.abs(diff.numpy()), initial=0.0)) or 1.0  # all unchanged (frozen): any scale
+    im = ax.imshow(diff.numpy(), cmap=DIVERGING_CMAP, vmin=-limit, vmax=limit, interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="Δw = end − start (weight units, symmetric)")
+    ax.set_title(title, fontsize=10)
+    ax.set_axis_off()
+    return fig
 
-    Stages with a map of 2x2 or smaller get a red note: at that size the spatial layout is nearly
-    gone (e.g. the ImageNet stem on 32x32 inputs), and the figure says so rather than hiding it.
-    """
-    fig = Figure(figsize=(3.0 * (len(maps) + 1), 3.9), layout="constrained")
-    axes = fig.subplots(1, len(maps) + 1)
+
+def feature_map_figure(
+    image: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    left_out: dict[str, tuple[int, int]],
+    input_hw: tuple[int, int],
+    num_channels: int,
+    title: str,
+) -> Figure:
+    """The input image and, per stage in ``maps``, the first ``num_channels`` channels of its activation [C, H, W],
+    each channel min-max scaled on its own (``features.channel_grid``; grey: a constant channel). The stages in
+    ``left_out`` (label -> map size), too small to show a layout, are named with their size."""
+    fig = Figure(figsize=(3.0 * (len(maps) + 1) + 0.8 * bool(maps), 4.1), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(maps) + 1))
     axes[0].imshow(_hwc(image), interpolation="nearest")
     axes[0].set_title(f"input {image.shape[1]}x{image.shape[2]}\n(model sees {input_hw[0]}x{input_hw[1]})", fontsize=9)
-    tiny = []
+    cmap = colormaps["viridis"].with_extremes(under="0.8", bad="white")
     for ax, (label, fmap) in zip(axes[1:], maps.items()):
         c, h, w = fmap.shape
-        im = ax.imshow(
-            channel_grid(fmap, num_channels).numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
-        )
+        im = ax.imshow(channel_grid(fmap, num_channels).numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{label}: {c}x{h}x{w}\nfirst {min(c, num_channels)} channels", fontsize=9)
-        if h * w <= 4:
-            tiny.append(f"{label} {h}x{w}")
-            ax.text(
-                0.5,
-                -0.04,
-                f"only {h}x{w} spatial\n(stride {input_hw[0] // h})",
-                transform=ax.transAxes,
-                ha="center",
-                va="top",
-                color="tab:red",
-                fontsize=9,
-            )
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, ax=axes[1:], shrink=0.8, label="activation, min-max per channel")
-    note = f"\nNote: {', '.join(tiny)} maps: spatial detail is lost at this input size" if tiny else ""
-    fig.suptitle(title + note, fontsize=11)
+    if maps:
+        fig.colorbar(
+            im,
+            ax=axes[1:],
+            shrink=0.8,
+            extend="min",
+            label="activation, min-max per channel\n(0 = its min, 1 = its max; grey: constant)",
+        )
+    if left_out:
+        sizes = ", ".join(f"{label} {h}x{w}" for label, (h, w) in left_out.items())
+        title += f"\nLeft out, too small to show a layout at this input size: {sizes}"
+    fig.suptitle(title, fontsize=10)
     return fig
 
 

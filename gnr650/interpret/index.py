@@ -27,11 +27,13 @@ PHASE_START, PHASE_END = "start", "end"
 class ArtifactKind(StrEnum):
     """What an indexed file is (the ``kind`` field)."""
 
-    KERNEL_NORMS_CSV = "kernel_norms_csv"
+    KERNEL_NORMS_CSV = "kernel_norms_csv"  # every 2-D conv kernel's L2 norm, long format (kernels.py)
+    KERNEL_NORM_STATS_CSV = "kernel_norm_stats_csv"  # their mean/std/min/max per layer and phase
     KERNEL_NORMS_PLOT = "kernel_norms_plot"
-    VIT_WEIGHT_NORMS_CSV = "vit_weight_norms_csv"
+    VIT_WEIGHT_NORMS_CSV = "vit_weight_norms_csv"  # per layer and phase: mean/std/min/max of its row norms
     VIT_WEIGHT_NORMS_PLOT = "vit_weight_norms_plot"
     KERNEL_GRID = "kernel_grid"
+    KERNEL_DIFF_GRID = "kernel_diff_grid"  # end - start of the kernels a KERNEL_GRID shows, on its own scale
     FEATURE_MAPS = "feature_maps"
     ATTENTION_MAP = "attention_map"
     ATTENTION_ROLLOUT = "attention_rollout"

@@ -29,7 +29,8 @@ def learning_curve_figure(history: list[dict[str, float]], evaluated_epoch: int 
     if evaluated_epoch is not None:
         label = f"evaluated weights: end (epoch {evaluated_epoch})"
         for ax in (ax_acc, ax_loss):
-            ax.axvline(evaluated_epoch, color="0.3", lw=1.2, ls=":", label=label)
+            ax.axvline(evaluated_epoch, color="0.3", lw=1.5, ls=":", label=label)
+        _mark_gap(ax_acc, history, evaluated_epoch)
     losses = [v for row in history for k, v in row.items() if k.endswith("/loss") and v > 0]
     if losses and max(losses) / min(losses) > 100:  # an overfitting run's train loss falls by orders of magnitude
         ax_loss.set_yscale("log")
@@ -49,6 +50,28 @@ def learning_curve_figure(history: list[dict[str, float]], evaluated_epoch: int 
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9)
     fig.suptitle(title)
     return fig
+
+
+def _mark_gap(ax, history: list[dict[str, float]], epoch: int) -> None:
+    """An arrow from validation to train accuracy at ``epoch``, labelled with their difference: how far the
+    evaluated weights overfit (study 1's finding), read off without estimating it from the curves."""
+    row = next((row for row in history if row["epoch"] == epoch), {})
+    if "train/acc" not in row or "val/acc" not in row:
+        return
+    train, val = 100 * row["train/acc"], 100 * row["val/acc"]
+    ax.annotate("", xy=(epoch, train), xytext=(epoch, val), arrowprops={"arrowstyle": "<->", "color": "0.3"})
+    last = max(int(r["epoch"]) for r in history)
+    right = epoch > (1 + last) / 2  # the label on the side with room
+    ax.annotate(
+        f"train − val\n{train - val:+.1f} pts",
+        xy=(epoch, (train + val) / 2),
+        xytext=(-6 if right else 6, 0),
+        textcoords="offset points",
+        ha="right" if right else "left",
+        va="center",
+        fontsize=9,
+        color="0.2",
+    )
 
 
 def export_learning_curves(

@@ -4,7 +4,8 @@ At the first fit start every export writes its start files and then ``<run_dir>/
 (atomically): the start's epoch plus what it keeps in memory until the end. For ``ChangeAnalysis`` that is W0
 (every parameter in its own dtype, every buffer) and the start probe pass's features (so the end's drift, CKA,
 probes and attention statistics compare against exactly the first process's start, nothing is recomputed);
-for the norm exports the start norms (their plot); for the image exports nothing but the epoch.
+for the norm exports the start norms (their plot); for the kernel images the start's shown kernels (the end - start
+view); for the feature maps nothing but the epoch.
 
 A process that continues the same run (``resume=true``, ``skip_done=true`` on an unfinished sweep job, or
 ``ckpt_path=`` one of the run's own checkpoints) reads that file instead of exporting the start again, so no

@@ -178,8 +178,8 @@ def _number(raw: str | None) -> float | None:
 
 
 def read_kernel_norms(job: Job) -> dict[str, list[dict[str, float | str]]]:
-    """The job's indexed kernel-norm table as {phase: [{layer, mean, std, min, max}, ...]} in file order."""
-    paths = find_artifacts(artifacts_dir(job.dir), ArtifactKind.KERNEL_NORMS_CSV)
+    """The job's indexed kernel-norm statistics as {phase: [{layer, mean, std, min, max}, ...]} in file order."""
+    paths = find_artifacts(artifacts_dir(job.dir), ArtifactKind.KERNEL_NORM_STATS_CSV)
     if not paths:
         return {}
     path = paths[-1]  # the table holds every phase exported so far: the latest is the fullest

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from gnr650.interpret import callbacks as callbacks_module
 from gnr650.interpret.callbacks import (
     AttentionExport,
     FeatureMapExport,
@@ -137,15 +138,29 @@ def check_index(artifacts: Path) -> list[dict]:
                 img.verify()
                 assert img.format == "PNG"
         elif path.suffix == ".csv":
-            assert read_csv(path)
+            with path.open(newline="") as f:  # a header and a first row (the long kernel_norms.csv has millions)
+                reader = csv.reader(f)
+                header, first = next(reader), next(reader, None)
+                assert header and first and len(first) == len(header)
         else:
             assert path.suffix == ".npz"
             np.load(path, allow_pickle=False).close()
     return entries
 
 
-def test_resnet_exports_in_a_fit_and_test_run(tmp_path):
+@pytest.fixture
+def drawn(monkeypatch) -> dict[str, list[tuple]]:
+    """The arguments of every feature-map and kernel-difference figure the callbacks draw."""
+    calls: dict[str, list[tuple]] = {"feature_map_figure": [], "kernel_difference_figure": []}
+    for name, record in calls.items():
+        draw = getattr(callbacks_module, name)
+        monkeypatch.setattr(callbacks_module, name, lambda *args, _d=draw, _r=record: _r.append(args) or _d(*args))
+    return calls
+
+
+def test_resnet_exports_in_a_fit_and_test_run(tmp_path, drawn):
     model, dm = FakeModule(resnet(), 32), FakeData()
+    start = {k: v.clone() for k, v in model.net.state_dict().items()}
     callbacks = [
         KernelNormExport(str(tmp_path)),
         KernelImageExport(str(tmp_path), num_kernels=16),
@@ -158,29 +173,74 @@ def test_resnet_exports_in_a_fit_and_test_run(tmp_path):
 
     artifacts = tmp_path / "artifacts"
     entries = check_index(artifacts)
-    assert {e["kind"] for e in entries} == {"kernel_norms_csv", "kernel_norms_plot", "kernel_grid", "feature_maps"}
+    assert {e["kind"] for e in entries} == {
+        "kernel_norms_csv",
+        "kernel_norm_stats_csv",
+        "kernel_norms_plot",
+        "kernel_grid",
+        "kernel_diff_grid",
+        "feature_maps",
+    }
     grids = {(e["layer"], e["epoch"]) for e in entries if e["kind"] == "kernel_grid"}
     stages = ["conv1", "layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
     assert grids == {(name, epoch) for name in stages for epoch in (0, 2)}
+    diffs = [(e["path"], e["layer"], e["phase"], e["epoch"]) for e in entries if e["kind"] == "kernel_diff_grid"]
+    assert diffs == [(f"kernels/end-start/{name}.png", name, "end", 2) for name in stages]
+    state = torch.load(tmp_path / "final.pt")
+    for (grid, _), name in zip(drawn["kernel_difference_figure"], stages):  # end - start of the first 16 kernels
+        change = (state[f"{name}.weight"][0] - start[f"{name}.weight"][0]).double().mean(0)
+        np.testing.assert_allclose(grid[1 : 1 + change.shape[0], 1 : 1 + change.shape[1]], change, atol=1e-7)
     [fmap] = [e for e in entries if e["kind"] == "feature_maps"]
     assert fmap["path"] == "feature_maps/end_horse_1.png" and (fmap["epoch"], fmap["phase"]) == (2, "end")
+    [(_, shown, left_out, *_)] = drawn["feature_map_figure"]
+    assert list(shown) == ["stem", "layer1", "layer2"] and left_out == {"layer3": (2, 2), "layer4": (1, 1)}
     assert {(e["path"].split("/")[1], e["phase"]) for e in entries if e["kind"] == "kernel_grid"} == {
         ("start", "start"),
         ("end", "end"),
     }
     [norms_csv] = find_artifacts(artifacts, ArtifactKind.KERNEL_NORMS_CSV)  # rewritten each phase: one entry
-    assert norms_csv == artifacts / "kernel_norms.csv"
+    [stats_csv] = find_artifacts(artifacts, ArtifactKind.KERNEL_NORM_STATS_CSV)
+    assert (norms_csv, stats_csv) == (artifacts / "kernel_norms.csv", artifacts / "kernel_norm_stats.csv")
+    text = norms_csv.read_text()  # 2.8 M rows: counted, not parsed (the small net's test checks every value)
+    kernels = sum(w.shape[0] * w.shape[1] for w in state.values() if w.ndim == 4)
+    assert text.count("\n") == 1 + 2 * kernels  # every 2-D kernel of every conv, at each phase
+    assert text.count(",start,0,") == text.count(",end,2,") == kernels
+    assert text.rindex(",start,0,") < text.index(",end,2,")
 
-    rows = read_csv(artifacts / "kernel_norms.csv")
+    rows = read_csv(stats_csv)
     assert [(r["phase"], r["epoch"]) for r in rows] == [("start", "0")] * 20 + [("end", "2")] * 20
-    state = torch.load(tmp_path / "final.pt")
     for r in rows[20:]:  # the end rows describe the weights the run finished with
         w = state[r["layer"] + ".weight"].double()
-        norms = w.reshape(w.shape[0], -1).pow(2).sum(1).sqrt()
+        norms = w.pow(2).sum(dim=(2, 3)).sqrt()
+        assert int(r["count"]) == norms.numel()
         assert float(r["mean"]) == pytest.approx(norms.mean().item(), rel=1e-5)
         assert float(r["max"]) == pytest.approx(norms.max().item(), rel=1e-5)
     assert any(r0["mean"] != r1["mean"] for r0, r1 in zip(rows[:20], rows[20:]))  # training changed them
     assert no_hooks(model.net)
+
+
+def test_kernel_norms_hold_every_kernel_of_the_start_and_end_weights(tmp_path):
+    model, dm = FakeModule(small_convnet(), 32), FakeData()
+    start = {k: v.clone() for k, v in model.net.state_dict().items()}
+    t = trainer([KernelNormExport(str(tmp_path))])
+    t.fit(model, datamodule=dm)
+    t.test(model, datamodule=dm, verbose=False)
+    torch.save(model.net.state_dict(), tmp_path / "final.pt")
+    end = torch.load(tmp_path / "final.pt")
+
+    rows = read_csv(tmp_path / "artifacts" / "kernel_norms.csv")
+    convs = [name.removesuffix(".weight") for name, w in end.items() if w.ndim == 4]
+    kernels = [
+        (c, o, i) for c in convs for o in range(end[c + ".weight"].shape[0]) for i in range(end[c + ".weight"].shape[1])
+    ]
+    assert len(rows) == len(kernels) * 2 == (3 * 8 + 8 * 6) * 2
+    expected = [(phase, epoch, *k) for phase, epoch in (("start", "0"), ("end", "2")) for k in kernels]
+    assert [(r["phase"], r["epoch"], r["layer"], int(r["out"]), int(r["in"])) for r in rows] == expected
+    for r, (phase, *_) in zip(rows, expected):
+        weight = (start if phase == "start" else end)[r["layer"] + ".weight"]
+        kernel = weight[int(r["out"]), int(r["in"])]
+        assert float(r["norm"]) == pytest.approx(torch.linalg.norm(kernel).item(), rel=1e-6), r
+    assert any(s["norm"] != e["norm"] for s, e in zip(rows[: len(kernels)], rows[len(kernels) :]))
 
 
 def test_vit_exports_attention_for_every_class(tmp_path):
@@ -224,7 +284,7 @@ def test_vit_exports_attention_for_every_class(tmp_path):
 def test_without_fit_start_is_exported_at_test_start(tmp_path):
     model, dm = FakeModule(small_convnet(), 32), FakeData()
     trainer([KernelNormExport(str(tmp_path))]).test(model, datamodule=dm, verbose=False)
-    rows = read_csv(tmp_path / "artifacts" / "kernel_norms.csv")
+    rows = read_csv(tmp_path / "artifacts" / "kernel_norm_stats.csv")
     assert [(r["phase"], r["layer"]) for r in rows] == [("start", "0"), ("start", "2"), ("end", "0"), ("end", "2")]
 
 
@@ -233,7 +293,7 @@ def test_every_n_epochs(tmp_path):
     t = trainer([KernelNormExport(str(tmp_path), at_start=False, every_n_epochs=1)])
     t.fit(model, datamodule=dm)
     t.test(model, datamodule=dm, verbose=False)
-    rows = read_csv(tmp_path / "artifacts" / "kernel_norms.csv")
+    rows = read_csv(tmp_path / "artifacts" / "kernel_norm_stats.csv")
     assert [(r["phase"], r["epoch"]) for r in rows[::2]] == [("epoch1", "1"), ("epoch2", "2"), ("end", "2")]
 
 

@@ -100,12 +100,16 @@ def test_end_labels_name_the_epoch_of_the_weights_shown(tmp_path, caplog):
     weights_epoch = saved["epoch"] + 1  # Lightning stores the 0-based epoch; labels count completed epochs
     assert weights_epoch < results["epochs"] == 3  # otherwise this test could not tell the two apart
 
-    with open(tmp_path / "artifacts" / "kernel_norms.csv") as f:
+    with open(tmp_path / "artifacts" / "kernel_norm_stats.csv") as f:
         end_rows = [r for r in csv.DictReader(f) if r["phase"] == "end"]
     assert end_rows and {int(r["epoch"]) for r in end_rows} == {weights_epoch}
     conv1 = next(r for r in end_rows if r["layer"] == "conv1")
-    w = saved["state_dict"]["net.conv1.weight"].double()
-    assert float(conv1["mean"]) == pytest.approx(float(w.flatten(1).norm(dim=1).mean()), rel=1e-5)
+    w = saved["state_dict"]["net.conv1.weight"]
+    kernel_norms = [torch.linalg.norm(w[out, i]).item() for out in range(w.shape[0]) for i in range(w.shape[1])]
+    assert float(conv1["mean"]) == pytest.approx(sum(kernel_norms) / len(kernel_norms), rel=1e-5)
+    with open(tmp_path / "artifacts" / "kernel_norms.csv") as f:  # the checkpoint's kernels, not the last epoch's
+        end_conv1 = [float(line.split(",")[5]) for line in f if line.startswith("conv1,") and ",end," in line]
+    assert end_conv1 == pytest.approx(kernel_norms, rel=1e-6)
 
     index = json.loads((tmp_path / "artifacts" / "index.json").read_text())
     end_entries = [e for e in index if "end" in e["path"] or e["kind"] in ("feature_maps", ArtifactKind.ANALYSIS_JSON)]

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from gnr650.interpret import attention as attn_lib
-from gnr650.interpret import features, index, kernels
+from gnr650.interpret import features, figures, index, kernels
 from tests.helpers import no_hooks
 
 RESNET18_CONVS = ["conv1"] + [
@@ -45,38 +45,74 @@ def vit(img_size=64) -> nn.Module:
 
 
 def test_kernel_norms_match_recomputation_from_saved_state_dict(tmp_path):
-    net = resnet18()
+    """Every 2-D kernel's norm in the long file, and the stats file equal to the aggregate of the long file."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 5), nn.Conv2d(16, 4, 1, bias=False))
     with torch.no_grad():  # break the init's symmetry between kernels and input channels
         for p in net.parameters():
             p.mul_(torch.rand_like(p) * 2)
     layers = kernels.conv_layers(net)
-    rows = kernels.norm_summary(kernels.unit_norms(layers), {n: tuple(m.weight.shape) for n, m in layers}, "end", 3)
-    kernels.write_norms_csv(tmp_path / "kernel_norms.csv", rows)
+    norms, shapes = kernels.kernel_norms(layers), {n: tuple(m.weight.shape) for n, m in layers}
+    for columns, rows, name in (
+        (kernels.KERNEL_NORM_COLUMNS, kernels.kernel_norm_rows(norms, "end", 3), "kernel_norms.csv"),
+        (kernels.NORM_STATS_COLUMNS, kernels.norm_stats(norms, shapes, "end", 3), "kernel_norm_stats.csv"),
+    ):
+        kernels.PhaseTable(columns, {"end": rows}).write(tmp_path / name)
     torch.save(net.state_dict(), tmp_path / "net.pt")
 
     state = torch.load(tmp_path / "net.pt")
-    expected = {
-        k.removesuffix(".weight"): v.numpy().astype(np.float64)
-        for k, v in state.items()
-        if k.endswith(".weight") and v.ndim == 4
-    }
+    expected = {k.removesuffix(".weight"): v for k, v in state.items() if k.endswith(".weight")}
     with open(tmp_path / "kernel_norms.csv") as f:
-        table = list(csv.DictReader(f))
-    assert [r["layer"] for r in table] == list(expected) == RESNET18_CONVS
-    for r in table:
-        w = expected[r["layer"]]
-        norms = np.sqrt((w.reshape(w.shape[0], -1) ** 2).sum(axis=1))
-        assert int(r["units"]) == w.shape[0] and r["shape"] == "x".join(map(str, w.shape))
-        for stat, value in (("mean", norms.mean()), ("std", norms.std()), ("min", norms.min()), ("max", norms.max())):
-            assert float(r[stat]) == pytest.approx(value, rel=1e-5), (r["layer"], stat)
+        reader = csv.reader(f)
+        assert next(reader) == ["layer", "out", "in", "phase", "epoch", "norm"]
+        long = list(reader)
+    assert len(long) == sum(w.shape[0] * w.shape[1] for w in expected.values()) == 24 + 128 + 64
+    kernel_rows = [
+        (layer, out, i) for layer, w in expected.items() for out in range(w.shape[0]) for i in range(w.shape[1])
+    ]
+    assert [(r[0], int(r[1]), int(r[2])) for r in long] == kernel_rows  # network order, then (out, in)
+    assert {(r[3], r[4]) for r in long} == {("end", "3")}
+    for r in long:
+        assert float(r[5]) == pytest.approx(torch.linalg.norm(expected[r[0]][int(r[1]), int(r[2])]).item(), rel=1e-6)
+
+    with open(tmp_path / "kernel_norm_stats.csv") as f:
+        stats = list(csv.DictReader(f))
+    assert [r["layer"] for r in stats] == list(expected)
+    for r in stats:
+        n = np.array([float(row[5]) for row in long if row[0] == r["layer"]])
+        assert int(r["count"]) == n.size and r["shape"] == "x".join(map(str, expected[r["layer"]].shape))
+        for stat, value in (("mean", n.mean()), ("std", n.std()), ("min", n.min()), ("max", n.max())):
+            assert float(r[stat]) == pytest.approx(value, rel=1e-6), (r["layer"], stat)
         assert (r["phase"], r["epoch"]) == ("end", "3")
+
+
+def test_kernel_norm_stats_list_every_conv_of_resnet18_in_network_order():
+    layers = kernels.conv_layers(resnet18())
+    norms = kernels.kernel_norms(layers)
+    stats = list(
+        csv.reader(kernels.norm_stats(norms, {n: tuple(m.weight.shape) for n, m in layers}, "start", 0).splitlines())
+    )
+    assert [row[3] for row in stats] == RESNET18_CONVS
+    assert [int(row[5]) for row in stats] == [m.weight.shape[0] * m.weight.shape[1] for _, m in layers]
+
+
+def test_a_phase_table_reads_back_what_it_wrote_and_replaces_a_repeated_phase(tmp_path):
+    table = kernels.PhaseTable(("phase", "x"), {"start": "start,1.25\nstart,2\n", "epoch2": "epoch2,3\n"})
+    table.write(tmp_path / "t.csv")
+    read = kernels.PhaseTable.read(tmp_path / "t.csv", ("phase", "x"))
+    assert read.blocks == table.blocks
+    read.set("start", "start,9\n")
+    read.write(tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text() == "phase,x\nepoch2,3\nstart,9\n"
+    with pytest.raises(ValueError, match="columns"):
+        kernels.PhaseTable.read(tmp_path / "t.csv", ("phase", "y"))
 
 
 def test_vit_linear_norms_are_row_norms_of_every_block():
     net = vit()
     layers = kernels.vit_linear_layers(net)
     assert [n for n, _ in layers] == [f"blocks.{i}.{s}" for i in range(12) for s in kernels.VIT_LINEARS]
-    norms = kernels.unit_norms(layers)
+    norms = kernels.row_norms(layers)
     w = net.blocks[3].mlp.fc1.weight.detach().numpy().astype(np.float64)
     np.testing.assert_allclose(norms["blocks.3.mlp.fc1"].numpy(), np.sqrt((w**2).sum(axis=1)), rtol=1e-5)
 
@@ -101,6 +137,37 @@ def test_kernel_grids_are_normalised_per_kernel():
     chosen, _ = kernels.kernel_grid(net.layer2[0].conv1.weight, num_kernels=2, channel=5)
     w = net.layer2[0].conv1.weight.detach()[0, 5]
     torch.testing.assert_close(chosen[1:4, 1:4], w / w.abs().max())
+
+
+def kernel_tiles(grid: torch.Tensor, n: int, size: int) -> list[np.ndarray]:
+    """The first ``n`` tiles of a square ``make_grid`` grid (padding 1) in row order."""
+    per_row = (grid.shape[-1] - 1) // (size + 1)
+    step = size + 1
+    return [
+        grid[1 + step * (k // per_row) : 1 + step * (k // per_row) + size, 1 + step * (k % per_row) :][:, :size].numpy()
+        for k in range(n)
+    ]
+
+
+@pytest.mark.parametrize("layer,channel", [("conv1", None), ("layer2.0.conv1", None), ("layer2.0.conv1", 5)])
+def test_kernel_difference_is_end_minus_start_on_a_symmetric_scale(layer, channel):
+    start = dict(resnet18().named_modules())[layer].weight.detach().clone()
+    end = start + 0.01 * torch.rand_like(start)  # every weight grows: a min-max scale would not be symmetric
+    end[3] += 0.5  # one kernel changed far more: the scale is ±its change
+    diff = kernels.kernel_difference_grid(start, end, num_kernels=9, channel=channel)
+    size = start.shape[-1]
+    assert diff.shape == (3 * (size + 1) + 1,) * 2
+    s, e = start.double().numpy(), end.double().numpy()
+    for k, tile in enumerate(kernel_tiles(diff, 9, size)):
+        change = e[k] - s[k]
+        np.testing.assert_allclose(tile, change.mean(0) if channel is None else change[channel], rtol=1e-5, atol=1e-7)
+
+    fig = figures.kernel_difference_figure(diff, "change")
+    [image] = fig.axes[0].images
+    np.testing.assert_array_equal(np.ma.filled(image.get_array(), np.nan), diff.numpy())
+    low, high = image.get_clim()
+    assert low == -high and high == pytest.approx(np.nanmax(np.abs(diff.numpy())))
+    assert len(fig.axes) == 2 and "end − start" in fig.axes[1].get_ylabel()  # its own colour bar
 
 
 # --- feature maps -----------------------------------------------------------------------------
@@ -143,13 +210,30 @@ def test_extraction_restores_each_modules_training_flag():
     assert net.training and not net.layer1.training and not net.layer1[0].bn1.training and net.layer2.training
 
 
-def test_channel_grid_tiles_first_channels():
+def test_channel_grid_scales_every_channel_by_its_own_min_and_max():
     fmap = torch.randn(64, 8, 8)
+    fmap[1] = 0  # a dead channel: no range to scale
     grid = features.channel_grid(fmap, num_channels=16)
     assert grid.shape == (4 * 9 + 1, 4 * 9 + 1)
-    assert grid[1:9, 1:9].min() == 0 and grid[1:9, 1:9].max() == 1
+    for k, tile in enumerate(kernel_tiles(grid, 16, 8)):
+        f = fmap[k].double().numpy()
+        expected = np.full_like(f, -1.0) if k == 1 else (f - f.min()) / (f.max() - f.min())
+        np.testing.assert_allclose(tile, expected, rtol=1e-5, atol=1e-6)
     one_by_one = features.channel_grid(torch.arange(16.0).view(16, 1, 1), num_channels=4)
-    assert one_by_one[1, 1] == 0 and one_by_one[3, 3] == 1  # 1x1 maps: scaled across channels, not to 0
+    assert (one_by_one[1::2, 1::2] == -1).all()  # 1x1 maps follow the same rule: constant, not scaled jointly
+
+
+def test_only_maps_at_least_min_size_are_drawn_and_the_rest_are_named():
+    net = resnet18()
+    maps = features.feature_maps(net, torch.randn(1, 3, 32, 32), features.default_stages(net))
+    shown, left_out = features.spatial_maps({label: m[0] for label, m in maps.items()}, min_size=4)
+    assert list(shown) == ["stem", "layer1", "layer2"] and left_out == {"layer3": (2, 2), "layer4": (1, 1)}
+    fig = figures.feature_map_figure(torch.zeros(3, 32, 32, dtype=torch.uint8), shown, left_out, (32, 32), 16, "t")
+    panels = [ax.get_title().split(":")[0] for ax in fig.axes if ax.images]
+    assert panels == ["input 32x32\n(model sees 32x32)", "stem", "layer1", "layer2"]
+    assert fig.get_suptitle().endswith("too small to show a layout at this input size: layer3 2x2, layer4 1x1")
+    colour_bar = fig.axes[-1]
+    assert not colour_bar.images and "min-max per channel" in colour_bar.get_ylabel()
 
 
 def test_pick_image_by_class_name_by_path_and_fallback(tmp_path, caplog):

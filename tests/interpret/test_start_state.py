@@ -38,7 +38,8 @@ SIGINT_IN_EPOCH_1 = [
     "+callbacks.signal.batch=1",
     f"+callbacks.signal.signum={int(signal.SIGINT)}",
 ]
-NORMS_CSV = {"resnet": "kernel_norms.csv", "vit": "vit_weight_norms.csv"}
+# Rewritten by every phase: on resume each is read back and written again unchanged.
+NORMS_CSV = {"resnet": ("kernel_norms.csv", "kernel_norm_stats.csv"), "vit": ("vit_weight_norms.csv",)}
 
 
 def start_files(run: Path) -> dict[str, tuple[int, bytes]]:
@@ -63,9 +64,9 @@ def analysis(run: Path) -> dict:
     return result
 
 
-def assert_same_start_and_change(run: Path, reference: Path, norms_csv: str) -> None:
+def assert_same_start_and_change(run: Path, reference: Path, norms_csvs: tuple[str, ...]) -> None:
     """The resumed ``run`` exported what the uninterrupted ``reference`` did: the same index (each path once),
-    the same start images and arrays, the same norms csv (start rows included), the same analysis numbers."""
+    the same start images and arrays, the same norms CSVs (start rows included), the same analysis numbers."""
     index, ref_index = read_index(run / "artifacts"), read_index(reference / "artifacts")
     assert len({e["path"] for e in index}) == len(index), "an index entry is listed twice"
     assert sorted(index, key=lambda e: e["path"]) == sorted(ref_index, key=lambda e: e["path"])
@@ -78,9 +79,10 @@ def assert_same_start_and_change(run: Path, reference: Path, norms_csv: str) -> 
                 assert a.files == b.files
                 for key in a.files:
                     assert np.array_equal(a[key], b[key]), (e["path"], key)
-    norms = (run / "artifacts" / norms_csv).read_text()
-    assert norms == (reference / "artifacts" / norms_csv).read_text()
-    assert "\nstart,0," in norms
+    for norms_csv in norms_csvs:
+        norms = (run / "artifacts" / norms_csv).read_text()
+        assert norms == (reference / "artifacts" / norms_csv).read_text(), norms_csv
+        assert "start,0," in norms and "end," in norms, norms_csv
     assert analysis(run) == analysis(reference)  # exact: the start pass is read back, not recomputed
 
 
@@ -153,8 +155,8 @@ def test_ckpt_path_of_another_run_starts_from_that_checkpoints_weights(resnet_re
 
     saved = torch.load(tmp_path / START_STATE_DIR / "ChangeAnalysis.pt", map_location="cpu", weights_only=True)
     assert saved["weights"].keys() and all(torch.equal(w, loaded[f"net.{n}"]) for n, w in saved["weights"].items())
-    conv1 = loaded["net.conv1.weight"].flatten(1).norm(dim=1).mean()
-    norms = (tmp_path / "artifacts" / "kernel_norms.csv").read_text().splitlines()
+    conv1 = loaded["net.conv1.weight"].double().pow(2).sum(dim=(2, 3)).sqrt().mean()  # of every 2-D kernel
+    norms = (tmp_path / "artifacts" / "kernel_norm_stats.csv").read_text().splitlines()
     start_conv1 = next(line for line in norms if line.startswith("start,") and ",conv1," in line)
     assert float(start_conv1.split(",")[6]) == pytest.approx(float(conv1), rel=1e-6)
     drift = analysis(tmp_path)["weight_drift"]["conv1"]

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
+from gnr650.interpret import learning_curves
 from gnr650.interpret.index import ArtifactKind, artifacts_dir, find_artifacts, read_index
 from gnr650.interpret.learning_curves import learning_curve_figure
 from gnr650.runs.history import HISTORY_NAME, epoch_history
@@ -44,10 +46,18 @@ class EpochProbe(EpochLog):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> tuple[Path, list[dict]]:
-    out = tmp_path_factory.mktemp("run")
-    train(make_cfg(RUN, out))
-    return out, EpochProbe.latest.epochs
+def run(tmp_path_factory) -> tuple[Path, list[dict], list[Figure]]:
+    """The run's directory, its logged epochs and the learning-curve figures it drew."""
+    out, drawn = tmp_path_factory.mktemp("run"), []
+
+    def record(*args):
+        drawn.append(learning_curve_figure(*args))
+        return drawn[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(learning_curves, "learning_curve_figure", record)
+        train(make_cfg(RUN, out))
+    return out, EpochProbe.latest.epochs, drawn
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
@@ -83,7 +93,7 @@ def reduce_in_file_order(rows: list[dict[str, float]]) -> list[dict[str, float]]
 
 
 def test_history_has_one_row_per_epoch_with_all_its_values(run):
-    out, logged = run
+    out, logged, _ = run
     history = read_csv(out / HISTORY_NAME)
     assert [row["epoch"] for row in history] == [1, 2, 3]
     expected = reduce_in_file_order(read_csv(out / "metrics.csv"))
@@ -100,7 +110,7 @@ def test_history_has_one_row_per_epoch_with_all_its_values(run):
 
 
 def test_learning_curves_are_indexed_and_mark_the_evaluated_epoch(run):
-    out, _ = run
+    out, _, drawn = run
     (figure,) = find_artifacts(artifacts_dir(out), ArtifactKind.LEARNING_CURVES_PLOT)
     assert Image.open(figure).format == "PNG"
     (record,) = [e for e in read_index(artifacts_dir(out)) if e["kind"] == ArtifactKind.LEARNING_CURVES_PLOT]
@@ -109,6 +119,9 @@ def test_learning_curves_are_indexed_and_mark_the_evaluated_epoch(run):
     assert record["epoch"] == best["epoch"] + 1  # the file stores Lightning's epoch, counted from 0
     assert record["epoch"] < results["epochs"] == 3  # otherwise this test could not tell the two apart
     assert Path(results["checkpoint"]).name.startswith(f"epoch{record['epoch']:03d}-")  # its name counts from 1
+    (fig,) = drawn  # the figure saved marks the checkpoint's epoch, on both panels
+    marks = [line.get_xdata() for ax in fig.axes for line in ax.lines if line.get_label().startswith("evaluated")]
+    assert [tuple(x) for x in marks] == [(best["epoch"] + 1,) * 2] * 2
 
 
 def test_learning_curve_figure_draws_train_and_val_and_marks_the_epoch():
@@ -125,6 +138,10 @@ def test_learning_curve_figure_draws_train_and_val_and_marks_the_epoch():
     for ax in (ax_acc, ax_loss):
         assert [tuple(line.get_xdata()) for line in ax.lines if line.get_label().startswith("evaluated")] == [(2, 2)]
         assert list(ax.get_xticks()) == [1, 2, 3]
+    (arrow,) = [t for t in ax_acc.texts if not t.get_text()]
+    assert [*arrow.xy, *arrow.xyann] == pytest.approx([2, 90, 2, 60])  # from val to train at epoch 2
+    (gap,) = [t.get_text() for t in ax_acc.texts if t.get_text()]
+    assert gap == "train − val\n+30.0 pts"  # 90% - 60% at the evaluated epoch 2, not at the last (100% - 55%)
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["Train", "Validation", "evaluated weights: end (epoch 2)"]
 

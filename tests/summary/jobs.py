@@ -68,7 +68,7 @@ def make_job(
     attention_shape: dict | None = None,
     kernel_norms: bool = False,
     attention_path: str = "attention.npz",
-    kernel_norms_path: str = "kernel_norms.csv",
+    kernel_norms_path: str = "kernel_norm_stats.csv",
     index: bool = True,
 ) -> Path:
     """A fake Hydra job directory; `status=None` leaves no results.json (a killed job); `warnings` as a run that
@@ -98,7 +98,7 @@ def make_job(
         entries.append(entry(ArtifactKind.ATTENTION_NPZ, attention_path, phase="end", epoch=epochs))
     if kernel_norms:
         (artifacts / kernel_norms_path).parent.mkdir(parents=True, exist_ok=True)
-        entries.append(entry(ArtifactKind.KERNEL_NORMS_CSV, kernel_norms_path, phase="end", epoch=epochs))
+        entries.append(entry(ArtifactKind.KERNEL_NORM_STATS_CSV, kernel_norms_path, phase="end", epoch=epochs))
         with (artifacts / kernel_norms_path).open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["phase", "layer", "mean", "std", "min", "max"])
