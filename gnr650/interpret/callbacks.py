@@ -214,12 +214,13 @@ class _NormExport(ArtifactExport):
 
 
 class KernelNormExport(_NormExport):
-    """L2 norm of every 2-D kernel ``w[out, in]`` of every Conv2d: ``kernel_norms.csv`` (long format, one row per
-    kernel and phase), ``kernel_norm_stats.csv`` (per layer and phase) and ``kernel_norms.png``."""
+    """L2 norm of every 2-D kernel ``w[out, in]`` of every Conv2d: ``kernel_norms.csv.gz`` (long format, one row
+    per kernel and phase; gzip: 26 MB instead of 116 MB for ResNet-18's start and end), ``kernel_norm_stats.csv``
+    (per layer and phase) and ``kernel_norms.png``."""
 
     name = "kernel_norms"
     stats_csv, stats_kind = "kernel_norm_stats.csv", ArtifactKind.KERNEL_NORM_STATS_CSV
-    kernels_csv = "kernel_norms.csv"
+    kernels_csv = "kernel_norms.csv.gz"
     plot_kind = ArtifactKind.KERNEL_NORMS_PLOT
     title = "L2 norm of every 2-D kernel w[out, in] per conv layer"
     ylabel = "kernel L2 norm  ‖w[out, in]‖₂"

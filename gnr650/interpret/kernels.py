@@ -10,7 +10,9 @@ phase, so a resumed run writes the rows it read back byte for byte. Layers are a
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gzip
 import io
 from pathlib import Path
 
@@ -84,8 +86,25 @@ def norm_stats(norms: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]
     return buffer.getvalue()
 
 
+@contextlib.contextmanager
+def _text_file(path: str, gzipped: bool):
+    """A text file for writing; ``gzipped``: fast gzip (level 1) with no name or time in its header, so the same
+    rows always give the same bytes (a resumed run rewrites what it read back byte for byte)."""
+    if not gzipped:
+        with open(path, "w", newline="") as f:
+            yield f
+        return
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz,
+        io.TextIOWrapper(gz, newline="") as f,
+    ):
+        yield f
+
+
 class PhaseTable:
-    """A CSV table whose rows come in one block per export phase, kept as text: a phase exported again replaces
+    """A CSV table (gzip-compressed when its name ends in .gz) whose rows come in one block per export phase, kept
+    as text: a phase exported again replaces
     its block (moved to the end), and rows read back from the file are written back unchanged."""
 
     def __init__(self, columns: tuple[str, ...], blocks: dict[str, str] | None = None):
@@ -100,7 +119,7 @@ class PhaseTable:
         """The header and every phase's rows, atomically."""
 
         def write(tmp: str) -> None:
-            with open(tmp, "w", newline="") as f:
+            with _text_file(tmp, gzipped=str(path).endswith(".gz")) as f:
                 f.write(",".join(self.columns) + "\n")
                 f.writelines(self.blocks.values())
 
@@ -111,7 +130,7 @@ class PhaseTable:
         """The table ``write`` wrote at ``path``, which must have ``columns``."""
         phase_at = columns.index("phase")
         blocks: dict[str, list[str]] = {}
-        with open(path, newline="") as f:
+        with gzip.open(path, "rt", newline="") if str(path).endswith(".gz") else open(path, newline="") as f:
             header = f.readline().rstrip("\n").split(",")
             if tuple(header) != columns:
                 raise ValueError(f"{path} has columns {header}, not {list(columns)}")

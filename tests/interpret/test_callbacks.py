@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -122,7 +123,7 @@ def vit():
 
 
 def read_csv(path):
-    with open(path) as f:
+    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as f:
         return list(csv.DictReader(f))
 
 
@@ -137,8 +138,10 @@ def check_index(artifacts: Path) -> list[dict]:
             with Image.open(path) as img:
                 img.verify()
                 assert img.format == "PNG"
-        elif path.suffix == ".csv":
-            with path.open(newline="") as f:  # a header and a first row (the long kernel_norms.csv has millions)
+        elif path.name.endswith((".csv", ".csv.gz")):
+            with (
+                gzip.open(path, "rt", newline="") if path.suffix == ".gz" else path.open(newline="") as f
+            ):  # a header and a first row (the long kernel_norms.csv has millions)
                 reader = csv.reader(f)
                 header, first = next(reader), next(reader, None)
                 assert header and first and len(first) == len(header)
@@ -200,8 +203,10 @@ def test_resnet_exports_in_a_fit_and_test_run(tmp_path, drawn):
     }
     [norms_csv] = find_artifacts(artifacts, ArtifactKind.KERNEL_NORMS_CSV)  # rewritten each phase: one entry
     [stats_csv] = find_artifacts(artifacts, ArtifactKind.KERNEL_NORM_STATS_CSV)
-    assert (norms_csv, stats_csv) == (artifacts / "kernel_norms.csv", artifacts / "kernel_norm_stats.csv")
-    text = norms_csv.read_text()  # 2.8 M rows: counted, not parsed (the small net's test checks every value)
+    assert (norms_csv, stats_csv) == (artifacts / "kernel_norms.csv.gz", artifacts / "kernel_norm_stats.csv")
+    text = gzip.decompress(
+        norms_csv.read_bytes()
+    ).decode()  # 2.8 M rows: counted, not parsed (the small net's test checks every value)
     kernels = sum(w.shape[0] * w.shape[1] for w in state.values() if w.ndim == 4)
     assert text.count("\n") == 1 + 2 * kernels  # every 2-D kernel of every conv, at each phase
     assert text.count(",start,0,") == text.count(",end,2,") == kernels
@@ -228,7 +233,7 @@ def test_kernel_norms_hold_every_kernel_of_the_start_and_end_weights(tmp_path):
     torch.save(model.net.state_dict(), tmp_path / "final.pt")
     end = torch.load(tmp_path / "final.pt")
 
-    rows = read_csv(tmp_path / "artifacts" / "kernel_norms.csv")
+    rows = read_csv(tmp_path / "artifacts" / "kernel_norms.csv.gz")
     convs = [name.removesuffix(".weight") for name, w in end.items() if w.ndim == 4]
     kernels = [
         (c, o, i) for c in convs for o in range(end[c + ".weight"].shape[0]) for i in range(end[c + ".weight"].shape[1])

@@ -4,6 +4,7 @@ and that every "end" label names the epoch of the weights shown."""
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import logging
 import re
@@ -107,7 +108,8 @@ def test_end_labels_name_the_epoch_of_the_weights_shown(tmp_path, caplog):
     w = saved["state_dict"]["net.conv1.weight"]
     kernel_norms = [torch.linalg.norm(w[out, i]).item() for out in range(w.shape[0]) for i in range(w.shape[1])]
     assert float(conv1["mean"]) == pytest.approx(sum(kernel_norms) / len(kernel_norms), rel=1e-5)
-    with open(tmp_path / "artifacts" / "kernel_norms.csv") as f:  # the checkpoint's kernels, not the last epoch's
+    # the checkpoint's kernels, not the last epoch's
+    with gzip.open(tmp_path / "artifacts" / "kernel_norms.csv.gz", "rt") as f:
         end_conv1 = [float(line.split(",")[5]) for line in f if line.startswith("conv1,") and ",end," in line]
     assert end_conv1 == pytest.approx(kernel_norms, rel=1e-6)
 

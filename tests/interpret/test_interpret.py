@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import logging
 from contextlib import contextmanager
@@ -54,7 +55,7 @@ def test_kernel_norms_match_recomputation_from_saved_state_dict(tmp_path):
     layers = kernels.conv_layers(net)
     norms, shapes = kernels.kernel_norms(layers), {n: tuple(m.weight.shape) for n, m in layers}
     for columns, rows, name in (
-        (kernels.KERNEL_NORM_COLUMNS, kernels.kernel_norm_rows(norms, "end", 3), "kernel_norms.csv"),
+        (kernels.KERNEL_NORM_COLUMNS, kernels.kernel_norm_rows(norms, "end", 3), "kernel_norms.csv.gz"),
         (kernels.NORM_STATS_COLUMNS, kernels.norm_stats(norms, shapes, "end", 3), "kernel_norm_stats.csv"),
     ):
         kernels.PhaseTable(columns, {"end": rows}).write(tmp_path / name)
@@ -62,7 +63,7 @@ def test_kernel_norms_match_recomputation_from_saved_state_dict(tmp_path):
 
     state = torch.load(tmp_path / "net.pt")
     expected = {k.removesuffix(".weight"): v for k, v in state.items() if k.endswith(".weight")}
-    with open(tmp_path / "kernel_norms.csv") as f:
+    with gzip.open(tmp_path / "kernel_norms.csv.gz", "rt", newline="") as f:
         reader = csv.reader(f)
         assert next(reader) == ["layer", "out", "in", "phase", "epoch", "norm"]
         long = list(reader)

@@ -3,6 +3,7 @@ and every start-vs-end number equals the uninterrupted run's."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import signal
 from pathlib import Path
@@ -39,7 +40,7 @@ SIGINT_IN_EPOCH_1 = [
     f"+callbacks.signal.signum={int(signal.SIGINT)}",
 ]
 # Rewritten by every phase: on resume each is read back and written again unchanged.
-NORMS_CSV = {"resnet": ("kernel_norms.csv", "kernel_norm_stats.csv"), "vit": ("vit_weight_norms.csv",)}
+NORMS_CSV = {"resnet": ("kernel_norms.csv.gz", "kernel_norm_stats.csv"), "vit": ("vit_weight_norms.csv",)}
 
 
 def start_files(run: Path) -> dict[str, tuple[int, bytes]]:
@@ -80,9 +81,10 @@ def assert_same_start_and_change(run: Path, reference: Path, norms_csvs: tuple[s
                 for key in a.files:
                     assert np.array_equal(a[key], b[key]), (e["path"], key)
     for norms_csv in norms_csvs:
-        norms = (run / "artifacts" / norms_csv).read_text()
-        assert norms == (reference / "artifacts" / norms_csv).read_text(), norms_csv
-        assert "start,0," in norms and "end," in norms, norms_csv
+        norms = (run / "artifacts" / norms_csv).read_bytes()
+        assert norms == (reference / "artifacts" / norms_csv).read_bytes(), norms_csv  # byte for byte (gzip too)
+        text = (gzip.decompress(norms) if norms_csv.endswith(".gz") else norms).decode()
+        assert "start,0," in text and "end," in text, norms_csv
     assert analysis(run) == analysis(reference)  # exact: the start pass is read back, not recomputed
 
 
