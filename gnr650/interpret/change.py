@@ -397,10 +397,10 @@ class ChangeAnalysis(ArtifactExport):
         images = torch.stack(images)
         net = pl_module.net
         x = _inputs(pl_module, images)
-        layer_name, layer, reshape, _ = faith.gradcam_target(net, x, self.gradcam_layer)
+        layer_name, layer, reshape, grid = faith.gradcam_target(net, x, self.gradcam_layer)
         with evaluating(net):
             predicted = net(x).argmax(1)
-        maps = faith.gradcam_maps(net, x, layer, predicted, reshape)
+        maps = faith.pooled(faith.gradcam_maps(net, x, layer, predicted, reshape), grid)  # back on the layer's grid
         captions = [f"{c} → {dm.class_names[int(p)]}" for c, p in zip(captions, predicted)]
         fig = figs.gradcam_figure(
             images, maps, captions, f"{name} Grad-CAM at {layer_name} (predicted class), end (epoch {epoch})"

@@ -9,7 +9,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from gnr650.interpret.figures import ATTENTION_CMAP, _hwc
+from gnr650.interpret.figures import ATTENTION_CMAP, _hwc, draw_patch_grid
 
 
 def drift_figure(panels: dict[str, dict[str, float]], title: str, ylabel: str) -> Figure:
@@ -122,8 +122,9 @@ def faithfulness_figure(curves: dict[str, dict[str, np.ndarray]], title: str) ->
     return fig
 
 
-def gradcam_figure(images: torch.Tensor, maps: np.ndarray, captions: list[str], title: str) -> Figure:
-    """Each image with its Grad-CAM map overlaid (maps upsampled to the image size by imshow)."""
+def gradcam_figure(images: torch.Tensor, maps: torch.Tensor, captions: list[str], title: str) -> Figure:
+    """Each image with its Grad-CAM map overlaid: ``maps`` [B, gh, gw] on the grid Grad-CAM computed at, drawn one
+    flat cell per grid cell (nearest, the grid shown; a smooth upsampling would invent detail between cells)."""
     n = len(images)
     cols = min(n, 5)
     rows = (n + cols - 1) // cols
@@ -133,9 +134,18 @@ def gradcam_figure(images: torch.Tensor, maps: np.ndarray, captions: list[str], 
         ax.axis("off")
     for ax, image, amap, caption in zip(axes, images, maps, captions):
         h, w = image.shape[-2:]
-        ax.imshow(_hwc(image))
-        ax.imshow(amap, cmap=ATTENTION_CMAP, alpha=0.5, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
-        ax.set_title(caption, fontsize=8)
+        ax.imshow(_hwc(image), extent=(0, w, h, 0))
+        ax.imshow(
+            np.asarray(amap),
+            cmap=ATTENTION_CMAP,
+            alpha=0.5,
+            vmin=0,
+            vmax=1,
+            extent=(0, w, h, 0),
+            interpolation="nearest",
+        )
+        draw_patch_grid(ax, tuple(amap.shape), w, h)
+        ax.set_title(caption.replace(" → ", "\n→ "), fontsize=8)
     fig.colorbar(ScalarMappable(Normalize(0, 1), ATTENTION_CMAP), ax=axes, shrink=0.6, label="Grad-CAM (0-1)")
     fig.suptitle(title, fontsize=10)
     return fig

@@ -67,8 +67,9 @@ def write_summary(multirun_dir: str | Path) -> Summary:
     drawn = [entry for entry in _figures(jobs, attentions) if entry is not None]
     entropy = _draw(
         "attention_entropy.png",
-        "Entropy of the CLS token's attention over patches per layer in the exported attention maps "
-        "(head mean, averaged over the exported images): lower means sharper.",
+        "Entropy in nats of the CLS token's attention over the patches per layer, per head and then averaged over "
+        "the heads and the exported images (as analysis.json's attention entropy); the dotted line is uniform "
+        "attention, ln(patches). Lower means sharper.",
         attention.entropy_figure,
         attentions,
     )

@@ -3,11 +3,13 @@ grid and a colour bar."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from gnr650.interpret import faithfulness as faith
 from gnr650.interpret.analysis import NORM_LAYERS, ROOT_PARAMS, WEIGHT_LAYERS, layer_kinds, parameter_groups
-from gnr650.interpret.change_figures import drift_figure
+from gnr650.interpret.change_figures import drift_figure, gradcam_figure
 from gnr650.interpret.figures import ATTENTION_CMAP, attention_figure
 
 
@@ -54,4 +56,20 @@ def test_attention_maps_are_drawn_cell_by_cell_on_the_patch_grid_with_a_colour_b
     assert all(len(ax.collections) == 2 for ax in overlays)  # the patch borders: rows and columns
     assert [len(ax.collections[0].get_segments()) for ax in overlays] == [grid[0] - 1] * len(overlays)
     (bar,) = [ax for ax in fig.axes if "attention" in ax.get_ylabel()]
+    assert bar.get_ylim() == (0.0, 1.0)
+
+
+def test_gradcam_is_drawn_on_the_grid_it_was_computed_at_with_a_colour_bar():
+    grid = (4, 4)
+    cells = torch.rand(2, *grid)
+    upsampled = np.kron(cells.numpy(), np.ones((8, 8), dtype=np.float32))  # as pytorch-grad-cam hands it back: 32x32
+    maps = faith.pooled(upsampled, grid)
+    torch.testing.assert_close(maps, cells)  # averaging back onto the grid recovers each cell exactly
+    fig = gradcam_figure(torch.rand(2, 3, 32, 32), maps, ["AnnualCrop → Forest", "Forest → Forest"], "t")
+    heat = [im for ax in fig.axes for im in ax.images if im.get_cmap().name == ATTENTION_CMAP]
+    assert len(heat) == 2 and all(im.get_interpolation() == "nearest" for im in heat)
+    for im, expected in zip(heat, maps):
+        np.testing.assert_array_equal(np.asarray(im.get_array()), expected.numpy())
+    assert all(len(ax.collections) == 2 for ax in fig.axes if ax.images and ax.images[-1] in heat)  # grid drawn
+    (bar,) = [ax for ax in fig.axes if "Grad-CAM" in ax.get_ylabel()]
     assert bar.get_ylim() == (0.0, 1.0)
