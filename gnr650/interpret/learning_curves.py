@@ -63,7 +63,7 @@ def _mark_gap(ax, history: list[dict[str, float]], epoch: int) -> None:
     last = max(int(r["epoch"]) for r in history)
     right = epoch > (1 + last) / 2  # the label on the side with room
     ax.annotate(
-        f"train − val\n{train - val:+.1f} pts",
+        f"train − val\n{train - val:+.1f} pts\n(during the epoch)",
         xy=(epoch, (train + val) / 2),
         xytext=(-6 if right else 6, 0),
         textcoords="offset points",

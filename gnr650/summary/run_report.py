@@ -89,7 +89,11 @@ def observations(job: Job) -> list[str]:
     if train is not None and val is not None:
         gap = f"Train − validation accuracy gap: {100 * (train - val):+.2f} points"
         gap += f", train − test {100 * (train - test):+.2f} points" if test is not None else ""
-        lines.append(gap + " (large = the network fits its train set far better than unseen images: overfitting).")
+        lines.append(
+            gap + " in the final evaluation (eval mode, no augmentation; the learning curves' train accuracy is the "
+            "running one during each epoch, with augmentation and dropout). Large = the network fits its train set "
+            "far better than unseen images: overfitting."
+        )
     checkpoint = job.results.get("checkpoint")
     if checkpoint:
         lines.append(

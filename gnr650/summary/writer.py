@@ -214,7 +214,7 @@ def _observations(jobs: list[Job], pairs: list[dict], changed: changes.Section |
     ]
     if gaps:
         lines.append(
-            "Train − validation accuracy gap (points; large = overfitting): "
+            "Train − validation accuracy gap in the final evaluation (points; large = overfitting): "
             + "; ".join(f"{j.label} {gap:+.2f}" + (" (lookup: memorised)" if j.lookup else "") for j, gap in gaps)
             + "."
         )
