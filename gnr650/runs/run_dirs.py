@@ -32,15 +32,15 @@ def _holds_only(directory: Path, names: set[str]) -> bool:
 @contextmanager
 def removed_when_unused(directory: Path, made_by_hydra: set[str], top: Path | None = None) -> Iterator[None]:
     """Around a single run's task: when a UserError or Ctrl-C stops it and ``directory`` holds nothing but
-    ``made_by_hydra`` and results.json, ``directory`` is removed, then its parents up to ``top`` that this leaves
-    empty. A directory that held more when the task began (a resumed run's) is kept, as is any other failure's
-    (a bug's: its log is evidence)."""
+    ``made_by_hydra``, results.json and its report.html, ``directory`` is removed, then its parents up to ``top``
+    that this leaves empty. A directory that held more when the task began (a resumed run's) is kept, as is any
+    other failure's (a bug's: its log is evidence)."""
     fresh = _holds_only(directory, made_by_hydra)
     try:
         yield
     except (Exception, KeyboardInterrupt) as e:
         expected = isinstance(e, KeyboardInterrupt) or user_error(e) is not None
-        if fresh and expected and _holds_only(directory, made_by_hydra | {"results.json"}):
+        if fresh and expected and _holds_only(directory, made_by_hydra | {"results.json", "report.html"}):
             shutil.rmtree(directory, ignore_errors=True)
             parent = directory.parent
             while top is not None and parent.is_relative_to(top) and parent.is_dir() and not any(parent.iterdir()):
