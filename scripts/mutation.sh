@@ -35,6 +35,7 @@ cat >> "$work/pyproject.toml" <<TOML
 [tool.mutmut]
 source_paths = ["gnr650"]
 only_mutate = ["$module"]
+also_copy = ["configs", "docs", "scripts", "README.md", "train.py", "eval.py"]  # what tests read besides tests/
 pytest_add_cli_args_test_selection = [$(toml_list "${tests[@]}")]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 TOML
