@@ -44,6 +44,26 @@ def test_curves_follow_the_fraction_of_cells_changed_at_each_step(steps, counts)
         torch.testing.assert_close(curves[method]["insertion"], insertion.expand(2, -1))
 
 
+def test_curves_on_a_non_square_grid_one_image_one_step_and_in_the_inputs_dtype():
+    """2 x 3 cells, steps=6: one more cell per step; steps=1: only the two shared ends; bfloat16 inputs stay so."""
+    x = torch.ones(1, 1, 4, 6)
+    order = {"a": torch.tensor([[5, 0, 4, 1, 3, 2]])}
+    curves = faith.perturbation_curves(MeanModel(3.0), x, order, (2, 3), steps=6)["a"]
+    expected = torch.tensor([_sigmoid(3.0 * (1 - c / 6)) for c in range(7)], dtype=torch.float64)
+    torch.testing.assert_close(curves["deletion"][0], expected)
+    one = faith.perturbation_curves(MeanModel(3.0), x, order, (2, 3), steps=1)["a"]
+    torch.testing.assert_close(one["deletion"][0], expected[[0, -1]])
+    torch.testing.assert_close(one["insertion"][0], expected[[-1, 0]])
+    seen = []
+
+    def predict(inputs):
+        seen.append(inputs.dtype)
+        return MeanModel(3.0)(inputs.float())
+
+    faith.perturbation_curves(predict, x.bfloat16(), order, (2, 3), steps=3)
+    assert seen == [torch.bfloat16] * 3  # clean, baseline, the perturbed images
+
+
 def test_curves_follow_the_predicted_class():
     """A model that predicts class 1 on the clean image: the curves are class 1's probability."""
     x = torch.ones(1, 1, 4, 4)
@@ -63,6 +83,10 @@ def test_auc_is_the_trapezoid_over_the_fraction_changed():
 def test_ranking_is_descending_and_stable_and_random_ranking_is_a_seeded_permutation():
     maps = torch.tensor([[[1.0, 3.0], [3.0, 0.0]], [[0.0, 0.0], [0.0, 5.0]]])
     assert faith.ranking(maps).tolist() == [[1, 2, 0, 3], [3, 0, 1, 2]]  # ties keep the grid order
+    zeros_and_ones = torch.zeros(1, 70, 70)  # many ties, as a Grad-CAM map's ReLU zeros: grid order among them
+    zeros_and_ones.view(-1)[::7] = 1
+    stable = np.argsort(-zeros_and_ones.flatten(1).numpy(), axis=1, kind="stable")
+    assert faith.ranking(zeros_and_ones).tolist() == stable.tolist()
     orders = faith.random_ranking(3, 9, seed=4)
     assert orders.shape == (3, 9) and all(sorted(row) == list(range(9)) for row in orders.tolist())
     assert torch.equal(orders, faith.random_ranking(3, 9, seed=4))
@@ -94,7 +118,7 @@ def test_gradcam_target_of_a_resnet_is_the_deepest_stage_of_at_least_4x4():
         x = torch.zeros(1, 3, size, size)
         name, module, reshape, found = faith.gradcam_target(net, x)
         assert (name, module, reshape, found) == (layer, net.get_submodule(layer), None, grid)
-        assert faith.gradcam_target(net, x, "layer4")[::3] == ("layer4", (max(1, size // 32),) * 2)
+    assert faith.gradcam_target(net, x, "layer4.0")[::3] == ("layer4.0", (1, 1))  # a named layer, even under 4x4
     with pytest.raises(ValueError, match="'nowhere' is not a module of ResNet"):
         faith.gradcam_target(net, x, "nowhere")
 
@@ -104,3 +128,61 @@ def test_gradcam_target_of_a_vit_is_the_last_blocks_norm1_on_the_patch_grid():
     name, module, reshape, grid = faith.gradcam_target(vit, torch.zeros(1, 3, 32, 48))
     assert (name, module, grid) == ("blocks.1.norm1", vit.blocks[1].norm1, (2, 3))
     assert reshape(torch.zeros(1, 7, 192)).shape == (1, 192, 2, 3)
+
+
+class GapLinear(nn.Module):
+    """A 1x1 conv (the Grad-CAM layer) then global average pooling and a linear head: the gradient of logit t
+    with respect to the conv output is W[t] / (h w) at every position, so Grad-CAM is ReLU(sum_k W[t, k] A_k)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def test_gradcam_maps_equal_the_closed_form_and_leave_no_trace():
+    torch.manual_seed(0)
+    net = GapLinear().train()
+    x = torch.randn(2, 2, 5, 5)
+    targets = torch.tensor([0, 1])
+    with torch.inference_mode():  # as in Lightning's test loop
+        maps = faith.gradcam_maps(net, x, net.conv, targets)
+    with torch.no_grad():
+        a = net.conv(x).numpy()
+    weights = net.head.weight.detach().numpy()[targets.numpy()]  # [B, K]: the spatial mean of W[t] / (h w) x h w
+    cam = np.maximum((weights[:, :, None, None] * a).sum(1), 0)
+    cam = cam - cam.min((1, 2), keepdims=True)
+    cam = cam / (cam.max((1, 2), keepdims=True) + 1e-7)  # pytorch-grad-cam's per-image scaling to [0, 1]
+    np.testing.assert_allclose(maps, cam, atol=1e-5)
+    assert not np.allclose(maps[0], maps[1])  # each image's own target
+    assert net.training and all(p.grad is None for p in net.parameters())
+
+
+class TokenModel(nn.Module):
+    """ViT-shaped: 1-px patches as tokens after a CLS token, an identity layer on the tokens (the Grad-CAM layer),
+    a linear head on the mean patch token. Grad-CAM on the patch grid is ReLU(sum_k W[t, k] x_k)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = nn.Identity()
+        self.head = nn.Linear(2, 2)
+
+    def forward(self, x):
+        patches = x.flatten(2).transpose(1, 2)  # [B, h w, 2]
+        tokens = self.tokens(torch.cat([torch.zeros_like(patches[:, :1]), patches], 1))
+        return self.head(tokens[:, 1:].mean(1))
+
+
+def test_gradcam_of_tokens_reshaped_to_the_grid_in_a_frozen_network():
+    torch.manual_seed(0)
+    net = TokenModel().requires_grad_(False)  # nothing trainable: the input's gradient makes the graph
+    x = torch.randn(2, 2, 3, 4)
+    targets = torch.tensor([1, 0])
+    maps = faith.gradcam_maps(net, x, net.tokens, targets, faith.vit_token_reshape(1, (3, 4)))
+    weights = net.head.weight.numpy()[targets.numpy()]
+    cam = np.maximum((weights[:, :, None, None] * x.numpy()).sum(1), 0)
+    cam = cam - cam.min((1, 2), keepdims=True)
+    np.testing.assert_allclose(maps, cam / (cam.max((1, 2), keepdims=True) + 1e-7), atol=1e-5)
