@@ -178,7 +178,7 @@ def ridge_probe_accuracy(
     score_x: torch.Tensor,
     score_y: torch.Tensor,
     num_classes: int,
-    ridge: float = 1.0,
+    ridge: float,
 ) -> float:
     """Accuracy of a closed-form ridge regression onto one-hot labels (features standardised on the fit
     half, penalty ``ridge`` x feature count, bias unpenalised), fit on one half of the probe set and scored on

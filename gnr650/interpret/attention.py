@@ -117,7 +117,7 @@ def attention_rollout(attn: torch.Tensor, num_prefix_tokens: int, grid: tuple[in
     return patch_maps((cls_row / cls_row.sum(dim=-1, keepdim=True)).float(), 0, grid)
 
 
-def images_per_class(labels: torch.Tensor, num_classes: int, per_class: int = 1, seed: int = 0) -> torch.Tensor:
+def images_per_class(labels: torch.Tensor, num_classes: int, per_class: int, seed: int) -> torch.Tensor:
     """Indices of ``per_class`` images of each class (fewer if the class has fewer), drawn with a
     fixed seed so every run of a study looks at the same images. Ordered by class."""
     gen = torch.Generator().manual_seed(seed)

@@ -122,7 +122,7 @@ def job_table(jobs: list[Job], root: Path, intervals: dict[Path, tuple[float, fl
     for job, rec in zip(jobs, job_records(jobs)):
         notes = "".join(f", warning: {w}" for w in job.warnings) + (f", note: {LOOKUP_NOTE}" if job.lookup else "")
         status = job.status + notes if job.ok else f"{job.status}: {job.error}"
-        folder = job.dir.relative_to(root).as_posix() if job.dir != root else "."
+        folder = job.dir.relative_to(root).as_posix()  # "." for a job run in root itself
         target = f"{folder}/report.html" if (job.dir / "report.html").is_file() else f"{folder}/"
         links.append(target)
         rows.append(

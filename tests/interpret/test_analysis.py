@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
 import torchvision
+from sklearn.linear_model import Ridge
 from torch import nn
 
 from gnr650.finetune.knn import KNNClassifier
@@ -65,9 +67,9 @@ def test_ridge_probe_separates_separable_classes_and_not_noise():
     features = torch.cat([signal, torch.randn(80, 10, generator=g, dtype=torch.float64)], dim=1)  # d > n: dual form
     fit, score = an.probe_halves(labels)
     assert sorted(torch.bincount(labels[fit]).tolist()) == [10] * 4 and set(fit.tolist()).isdisjoint(score.tolist())
-    assert an.ridge_probe_accuracy(features[fit], labels[fit], features[score], labels[score], 4) == 1.0
+    assert an.ridge_probe_accuracy(features[fit], labels[fit], features[score], labels[score], 4, ridge=1.0) == 1.0
     noise = torch.randn(80, 6, generator=g, dtype=torch.float64)
-    assert an.ridge_probe_accuracy(noise[fit], labels[fit], noise[score], labels[score], 4) < 0.6
+    assert an.ridge_probe_accuracy(noise[fit], labels[fit], noise[score], labels[score], 4, ridge=1.0) < 0.6
 
 
 def test_probe_indices_are_class_balanced_seeded_and_checked():
@@ -175,3 +177,217 @@ def test_the_start_pass_is_reused_exactly_when_nothing_before_the_classifier_cha
     assert an.same_probe_features(resnet, start, state(resnet))
     resnet.layer4[1].bn2.running_var.mul_(2)
     assert not an.same_probe_features(resnet, start, state(resnet))
+
+
+def cka_by_numpy(x: np.ndarray, y: np.ndarray) -> float:
+    """Brute force: centre, then ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) with numpy's own norms."""
+    x, y = x - x.mean(0), y - y.mean(0)
+    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def test_linear_cka_brute_force_shift_invariance_and_constant_features():
+    g = np.random.default_rng(1)
+    x = g.normal(size=(30, 5)) + np.arange(5) * 3.0  # far from centred: a missing centring changes the number
+    y = np.tanh(x @ g.normal(size=(5, 9))) + 2.0
+    value = an.linear_cka(torch.from_numpy(x), torch.from_numpy(y).float())
+    assert value == pytest.approx(cka_by_numpy(x, y), abs=1e-6)
+    assert an.linear_cka(torch.from_numpy(x + 10), torch.from_numpy(y)) == pytest.approx(cka_by_numpy(x, y), abs=1e-9)
+    frozen = torch.from_numpy(x)
+    assert an.linear_cka(frozen, frozen.clone()) == 1.0 or an.linear_cka(frozen, frozen.clone()) == pytest.approx(1.0)
+    assert math.isnan(an.linear_cka(torch.ones(30, 4), torch.from_numpy(y)))
+    assert math.isnan(an.linear_cka(torch.from_numpy(y), torch.full((30, 2), 7.0)))
+
+
+def test_weight_drift_of_a_frozen_network_is_zero_and_of_a_zero_start_is_the_absolute_change():
+    start = {"a.w": torch.zeros(2, 2, dtype=torch.float64), "b.w": torch.tensor([3.0, 4.0], dtype=torch.float64)}
+    groups = {"a": ["a.w"], "b": ["b.w"]}
+    assert an.weight_drift(start, {k: v.clone() for k, v in start.items()}, groups) == {"a": 0.0, "b": 0.0}
+    end = {"a.w": torch.tensor([[1.0, 2.0], [2.0, 0.0]], dtype=torch.float64), "b.w": torch.tensor([6.0, 8.0])}
+    assert an.weight_drift(start, end, groups) == {"a": 3.0, "b": 1.0}  # |(1,2,2)| = 3; |(3,4)| / |(3,4)| = 1
+
+
+def ridge_by_sklearn(fit_x, fit_y, score_x, score_y, num_classes, ridge):
+    """sklearn's Ridge (unpenalised intercept) on features standardised with the fit half's (n - 1) std."""
+    fit_x, score_x = fit_x.numpy(), score_x.numpy()
+    mean, std = fit_x.mean(0), fit_x.std(0, ddof=1)
+    targets = np.eye(num_classes)[fit_y.numpy()]
+    model = Ridge(alpha=ridge * fit_x.shape[1], fit_intercept=True, solver="cholesky")
+    model.fit((fit_x - mean) / std, targets)
+    return float((model.predict((score_x - mean) / std).argmax(1) == score_y.numpy()).mean())
+
+
+@pytest.mark.parametrize("width", [6, 90])  # d <= n: primal solve; d > n: dual solve
+def test_ridge_probe_equals_sklearn_ridge_for_several_penalties(width):
+    g = torch.Generator().manual_seed(width)
+    labels = torch.tensor([0, 1, 0, 2, 0, 1] * 10)  # imbalanced (30/20/10): the class prior (intercept) matters
+    signal = nn.functional.one_hot(labels, 3).double() @ torch.randn(3, width, generator=g, dtype=torch.float64)
+    features = 0.6 * signal + torch.randn(60, width, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3, width)
+    features = features + 5.0  # off-centre: a missing standardisation would show
+    fit, score = an.probe_halves(labels)
+    accuracies = set()
+    for ridge in (0.01, 1.0, 30.0):
+        halves = features[fit], labels[fit], features[score], labels[score], 3
+        got = an.ridge_probe_accuracy(*halves, ridge=ridge)
+        assert got == pytest.approx(ridge_by_sklearn(*halves, ridge))
+        accuracies.add(got)
+    assert len(accuracies) > 1  # the penalty matters in this case, so its scale is checked
+
+
+def test_patch_distances_on_a_non_square_grid_and_patch():
+    """2 x 3 patches of 4 px tall, 8 px wide: along a row 8 px, down a column 4 px, diagonal sqrt(4^2 + 8^2)."""
+    d = an.patch_distances((2, 3), (4.0, 8.0))
+    assert d.shape == (6, 6) and d.dtype == torch.float64
+    assert d[0, 1] == 8 and d[0, 2] == 16 and d[0, 3] == 4 and d[0, 4] == pytest.approx(math.hypot(4, 8))
+    assert d[5, 0] == pytest.approx(math.hypot(4, 16)) and torch.equal(d, d.T) and d.diagonal().abs().sum() == 0
+
+
+def test_mean_attention_distance_and_entropy_of_attention_set_by_hand():
+    """2 prefix tokens, 2 x 2 patches of 10 px. Head 0: every patch query attends to patch 0 only (plus mass on
+    the prefix tokens, dropped by the renormalisation): distances 0, 10, 10, 10*sqrt(2), mean (20 + 10 sqrt 2) / 4.
+    Head 1: each query attends to itself: 0. CLS row: head 0 split 1:3 over two patches, head 1 on one patch."""
+    t = 6
+    attn = torch.zeros(1, 2, t, t)
+    attn[0, 0, :, 0] = 0.5  # the CLS key takes half of every row
+    attn[0, 0, 2:, 2] = 0.5
+    attn[0, 1, :, 1] = 0.2  # the second prefix token
+    for q in range(2, t):
+        attn[0, 1, q, q] = 0.8
+    attn[0, 0, 0, 2:] = torch.tensor([0.125, 0.375, 0.0, 0.0])
+    attn[0, 0, 0, 0] = 0.5
+    attn[0, 1, 0, 3] = 0.8
+    distances = an.patch_distances((2, 2), (10.0, 10.0))
+    result = an.mean_attention_distance(attn, 2, distances)
+    torch.testing.assert_close(result, torch.tensor([[(20 + 10 * math.sqrt(2)) / 4, 0.0]], dtype=torch.float64))
+    entropy = an.cls_entropy(attn, 2)
+    expected = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    torch.testing.assert_close(entropy, torch.tensor([[expected, 0.0]], dtype=torch.float64))
+
+
+def test_probe_order_is_rank_first_then_class_and_halves_alternate_within_each_class():
+    labels = torch.tensor([2, 0, 1, 0, 2, 1, 0, 2, 1])
+    idx = an.probe_indices(labels, 9, seed=0)
+    assert labels[idx].tolist() == [0, 1, 2] * 3  # round robin over classes, in class order
+    assert labels[an.probe_indices(labels, 2, seed=5)].tolist() == [0, 1]
+    assert an.probe_indices(labels, 1, seed=0).tolist() == [idx[0]]  # one image is a valid probe set
+    fit, score = an.probe_halves(torch.tensor([0, 0, 0, 1, 1, 1, 1]))
+    assert fit.tolist() == [0, 2, 3, 5] and score.tolist() == [1, 4, 6]
+
+
+class WithRootParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(3))
+        self.stage = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3), nn.BatchNorm1d(3))
+        self.head = nn.Linear(3, 2)
+
+
+def test_parameter_groups_layer_kinds_and_classifier_by_hand():
+    net = WithRootParameter()
+    groups = an.parameter_groups(net)
+    assert groups == {
+        an.ROOT_PARAMS: ["token"],
+        "stage.0": ["stage.0.weight", "stage.0.bias"],
+        "stage.1": ["stage.1.weight", "stage.1.bias"],
+        "stage.2": ["stage.2.weight", "stage.2.bias"],
+        "head": ["head.weight", "head.bias"],
+    }
+    assert an.layer_kinds(net, list(groups)) == {
+        an.WEIGHT_LAYERS: [an.ROOT_PARAMS, "stage.0", "head"],
+        an.NORM_LAYERS: ["stage.1", "stage.2"],
+    }
+    assert an.classifier(net) == ("head", net.head)  # no get_classifier: the last linear layer
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, depth=2)
+    assert an.classifier(vit) == ("head", vit.head)
+    assert an.block_names(vit) == an.representation_layers(vit) == ["blocks.0", "blocks.1"]
+    blocks = an.block_groups(vit, an.parameter_groups(vit))
+    assert list(blocks) == ["blocks.0", "blocks.1"]
+    assert sorted(blocks["blocks.1"]) == sorted(n for n, _ in vit.named_parameters() if n.startswith("blocks.1."))
+    snap = an.snapshot(vit)
+    assert all(t.dtype == torch.float64 for t in snap.values()) and snap.keys() == dict(vit.named_parameters()).keys()
+    net.double()  # already float64: the snapshot must still be a copy, or every drift would read 0
+    start, buffers = an.snapshot(net), an.buffer_snapshot(net)
+    with torch.no_grad():
+        net.head.weight.add_(1.0)
+        net.stage[2].running_mean.add_(1.0)
+    assert an.weight_drift(start, an.snapshot(net), {"head": ["head.weight"]})["head"] > 0
+    assert not torch.equal(buffers["stage.2.running_mean"], net.stage[2].running_mean)
+    with pytest.raises(ValueError, match="timm ViTs, ResNets"):
+        an.representation_layers(net)
+
+
+class FeatureInfoCNN(nn.Module):
+    """A timm-style CNN known only by its ``feature_info`` (as timm's EfficientNets, ConvNeXts)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.deep = nn.Sequential(nn.ReLU(), nn.Conv2d(4, 4, 3))
+        self.feature_info = [{"module": "stem"}, {"module": "deep.1"}]
+
+
+def test_block_and_representation_layers_of_resnets_and_other_cnns():
+    resnet = torchvision.models.resnet18(num_classes=3)
+    assert an.representation_layers(resnet) == ["layer1", "layer2", "layer3", "layer4"]
+    assert an.block_names(resnet) == [f"layer{s}.{i}" for s in range(1, 5) for i in range(2)]
+    cnn = FeatureInfoCNN()  # neither ViT blocks nor ResNet stages: timm's feature_info names the stages
+    assert an.representation_layers(cnn) == ["stem", "deep.1"] and an.block_names(cnn) == ["stem", "deep.1"]
+    cnn.output_fmt = "NHWC"  # channels-last maps are not compared
+    with pytest.raises(ValueError, match="FeatureInfoCNN is none of them.*callbacks out: callbacks=default"):
+        an.representation_layers(cnn)
+
+
+def test_probe_pass_of_a_vit_records_each_blocks_tokens_and_attention_from_a_pass_by_hand():
+    """Non-square input (2 x 3 patches of 16 px), 2 batches: CLS token and patch mean after each block, the
+    classifier's input, and attention distance/entropy brute-forced in numpy from each block's attention."""
+    torch.manual_seed(0)
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=(32, 48), depth=2)
+    batches = [torch.randint(0, 256, (3, 3, 32, 48), dtype=torch.uint8) for _ in range(2)]
+
+    def prepare(images):
+        return images.float() / 255 - 0.5
+
+    features = an.probe_pass(net, batches, prepare)
+    x = prepare(torch.cat(batches))
+    centres = np.array([(16 * r, 16 * c) for r in range(2) for c in range(3)], dtype=np.float64)
+    distance = np.linalg.norm(centres[:, None] - centres[None], axis=-1)  # [6, 6] pixels
+    with torch.no_grad():
+        h = net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(x))))
+        for i, block in enumerate(net.blocks):
+            attn = attention_by_hand(block, h)
+            h = block(h)
+            close = {"rtol": 1e-5, "atol": 1e-6}  # float32: our unfused pass vs timm's fused one
+            torch.testing.assert_close(features.cls[f"blocks.{i}"], h[:, 0].double(), **close)
+            torch.testing.assert_close(features.patch_mean[f"blocks.{i}"], h[:, 1:].mean(1).double(), **close)
+            a = attn[..., 1:, 1:]  # patch queries and keys, renormalised over the keys
+            a = a / a.sum(-1, keepdims=True)
+            expected_distance = (a * distance).sum(-1).mean(-1)
+            p = attn[..., 0, 1:] / attn[..., 0, 1:].sum(-1, keepdims=True)
+            expected_entropy = -(p * np.log(p)).sum(-1)
+            np.testing.assert_allclose(features.attention_distance[f"blocks.{i}"].numpy(), expected_distance, rtol=1e-5)
+            np.testing.assert_allclose(features.attention_entropy[f"blocks.{i}"].numpy(), expected_entropy, rtol=1e-5)
+        final = net.forward_head(net.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(features.final, final.double(), rtol=1e-5, atol=1e-6)
+
+
+def attention_by_hand(block: nn.Module, tokens: torch.Tensor) -> np.ndarray:
+    """Softmax(q k^T / sqrt(d)) of a timm block's attention recomputed from its input, [B, H, T, T] in float64."""
+    attn = block.attn
+    b, t, c = tokens.shape
+    qkv = attn.qkv(block.norm1(tokens)).reshape(b, t, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    return (q @ k.transpose(-2, -1) * attn.scale).softmax(-1).double().numpy()
+
+
+def test_probe_pass_of_a_resnet_records_the_pooled_stages_and_the_classifier_input():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3)
+    batches = [torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)]
+    features = an.probe_pass(net, batches, lambda images: images.float() / 255)
+    with torch.no_grad():
+        net.eval()
+        h = net.maxpool(net.relu(net.bn1(net.conv1(batches[0].float() / 255))))
+        for stage in ("layer1", "layer2", "layer3", "layer4"):
+            h = getattr(net, stage)(h)
+            torch.testing.assert_close(features.cls[stage], h.mean((2, 3)).double())
+    torch.testing.assert_close(features.final, h.mean((2, 3)).double())
+    assert features.patch_mean == features.attention_distance == features.attention_entropy == {}

@@ -411,3 +411,41 @@ def test_find_artifacts_by_kind_and_phase_in_written_order(tmp_path, caplog):
         assert find(tmp_path, kind.ATTENTION_NPZ) == []
     assert [r.levelname for r in caplog.records] == ["DEBUG", "WARNING"]
     assert "No index.json" in caplog.records[0].message and "Unreadable index.json" in caplog.records[1].message
+
+
+def test_cls_row_patch_grid_and_rollout_of_attention_set_by_hand():
+    """One layer, 1 prefix token, 2 x 3 patches: the CLS row is row 0, laid out row by row; rollout of a layer
+    whose CLS row puts 3/4 on patch 5 and 1/4 on CLS: (A + I) / 2 gives CLS 5/8, patch 5 3/8: the patch map is 1
+    at (1, 2) and 0 elsewhere."""
+    attn = torch.zeros(1, 1, 2, 7, 7)
+    attn[..., 0, :] = torch.tensor([0.25, 0, 0, 0, 0, 0, 0.75])
+    attn[..., 1:, 1] = 1.0  # every patch query on patch 0: a row other than CLS's
+    assert torch.equal(attn_lib.cls_attention(attn)[0, 0, 0], attn[0, 0, 0, 0])
+    grid = attn_lib.patch_maps(attn_lib.cls_attention(attn), 1, (2, 3))
+    assert grid.shape == (1, 1, 2, 2, 3) and grid[0, 0, 0, 1, 2] == 0.75 and grid.sum() == 2 * 0.75
+    expected = torch.zeros(1, 2, 3)
+    expected[0, 1, 2] = 1.0
+    torch.testing.assert_close(attn_lib.attention_rollout(attn, 1, (2, 3)), expected)
+    with pytest.raises(ValueError, match="6 patch tokens do not fill a 2x2 grid"):
+        attn_lib.patch_maps(attn_lib.cls_attention(attn), 1, (2, 2))
+    with pytest.raises(ValueError, match="5 patch tokens do not fill a 2x3 grid"):
+        attn_lib.patch_maps(attn_lib.cls_attention(attn), 2, (2, 3))
+
+
+class HalfAttention(nn.Module):
+    """Has ``attn_drop`` but no ``fused_attn`` switch (or the reverse): not timm attention, not listed."""
+
+    def __init__(self, fused: bool):
+        super().__init__()
+        if fused:
+            self.fused_attn = True
+        else:
+            self.attn_drop = nn.Dropout(0.0)
+
+
+def test_attention_layers_need_both_the_fused_switch_and_attn_drop():
+    net = vit(32)
+    net.extra = nn.Sequential(HalfAttention(True), HalfAttention(False))
+    assert [name for name, _ in attn_lib.attention_layers(net)] == [f"blocks.{i}.attn" for i in range(len(net.blocks))]
+    with pytest.raises(ValueError, match="Sequential has no timm attention layers"):
+        attn_lib.extract_attention(net.extra, torch.zeros(1, 3, 32, 32))
