@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from gnr650.interpret.index import ArtifactKind, append_to_index, artifacts_dir, entry
+from tests.helpers import EUROSAT_CLASSES
 
 CLASSES = ["AnnualCrop", "Forest"]
 REPO = Path(__file__).resolve().parents[2]
@@ -122,18 +123,7 @@ def make_job(
     return job
 
 
-EUROSAT = [
-    "AnnualCrop",
-    "Forest",
-    "HerbaceousVegetation",
-    "Highway",
-    "Industrial",
-    "Pasture",
-    "PermanentCrop",
-    "Residential",
-    "River",
-    "SeaLake",
-]
+EUROSAT = EUROSAT_CLASSES
 
 
 def realistic_sweep(root: Path, strategies: list[str], test_images: int = 540, attention: bool = True) -> Path:

@@ -17,20 +17,8 @@ from PIL import Image
 from gnr650.summary.attention import load_attention
 from gnr650.summary.collect import collect_jobs
 from gnr650.summary.explorer import explorer_section
-from tests.summary.jobs import attention_arrays, make_job
+from tests.summary.jobs import EUROSAT, attention_arrays, make_job
 
-EUROSAT = [
-    "AnnualCrop",
-    "Forest",
-    "HerbaceousVegetation",
-    "Highway",
-    "Industrial",
-    "Pasture",
-    "PermanentCrop",
-    "Residential",
-    "River",
-    "SeaLake",
-]
 SMALL = {"n_layers": 4, "grid": 5, "heads": 3, "classes": EUROSAT[:4], "image_size": 40}
 VIT_TI_224 = {"n_layers": 12, "grid": 14, "heads": 3, "classes": EUROSAT, "image_size": 64}  # EuroSAT images: 64 px
 
