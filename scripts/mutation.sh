@@ -40,6 +40,9 @@ pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 TOML
 
 cd "$work"
+# mutmut forks one child per mutant; a forked child whose parent had started torch's OpenMP pool hangs in its first
+# parallel op and is recorded as a timeout (counted as killed), hiding survivors: one thread per process.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 status=0
 run() { timeout "${MUTATION_TIME_LIMIT:-3600}" mutmut run --max-children "${MUTATION_CHILDREN:-2}" "$@" >>mutmut-run.log 2>&1; }
 : >mutmut-run.log
@@ -55,9 +58,10 @@ import subprocess, sys
 out = subprocess.run(["mutmut", "results", "--all", "true"], capture_output=True, text=True).stdout
 states = [line.rsplit(":", 1)[1].strip() for line in out.splitlines() if ":" in line]
 killed = sum(s in ("killed", "timeout") for s in states)
+timeouts = states.count("timeout")
 survived = [line.strip() for line in out.splitlines() if line.rstrip().endswith("survived")]
 print("\n".join(survived))
 total = killed + len(survived)
-print(f"{sys.argv[1]}: {killed}/{total} mutants killed ({killed / max(total, 1):.0%}); "
+print(f"{sys.argv[1]}: {killed}/{total} mutants killed ({killed / max(total, 1):.0%}, {timeouts} of them by timeout); "
       f"{len(states) - total} not checked (no test covers them, or not run yet). Inspect one: cd {__import__('os').getcwd()} && mutmut show NAME")
 PY

@@ -213,3 +213,10 @@ def test_llrd_learning_rates_follow_the_formula_and_match_timm(vit_ti):
 def test_layer_decay_outside_zero_one_is_refused(decay):
     with torch.device("meta"), pytest.raises(StrategyError, match=r"layer_decay must be in \(0, 1\]"):
         prepare_strategy(_build("vit_ti16"), "all", True, layer_decay=decay)
+
+
+@pytest.mark.parametrize("decay", [1, 1.0])
+def test_layer_decay_of_one_is_plain_full_fine_tuning(decay):
+    with torch.device("meta"):
+        plan = prepare_strategy(_build("vit_ti16"), "all", True, layer_decay=decay)
+    assert set(plan.lr_scales.values()) == {1.0}
