@@ -47,8 +47,8 @@ status=0
 run() { timeout "${MUTATION_TIME_LIMIT:-3600}" mutmut run --max-children "${MUTATION_CHILDREN:-2}" "$@" >>mutmut-run.log 2>&1; }
 : >mutmut-run.log
 run || status=$?
-# mutmut keeps a verdict until the mutated function changes: retest the survivors, the tests may be new.
-survivors=$(mutmut results 2>/dev/null | awk -F: '/: survived$/ {gsub(/ /, "", $1); print $1}')
+# mutmut keeps a verdict until the mutated function changes: retest the survivors and the uncovered, the tests may be new.
+survivors=$(mutmut results 2>/dev/null | awk -F: '/: (survived|no tests)$/ {gsub(/ /, "", $1); print $1}')
 [ "$status" -eq 0 ] && [ -n "$survivors" ] && { run $survivors || status=$?; }
 [ "$status" -eq 124 ] && echo "stopped at MUTATION_TIME_LIMIT; rerun to continue"
 [ "$status" -ne 0 ] && [ "$status" -ne 124 ] && { tail -20 mutmut-run.log; exit "$status"; }
