@@ -34,6 +34,7 @@ cat >> "$work/pyproject.toml" <<TOML
 
 [tool.mutmut]
 source_paths = ["gnr650"]
+also_copy = ["configs"]  # the Hydra configs some tests compose
 only_mutate = ["$module"]
 pytest_add_cli_args_test_selection = [$(toml_list "${tests[@]}")]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
