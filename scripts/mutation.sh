@@ -5,6 +5,7 @@
 #   scripts/mutation.sh gnr650/summary/significance.py            # the module's tests from the table below
 #   scripts/mutation.sh gnr650/data/splits.py tests/data/test_data.py  # or name the tests
 # MUTATION_TIME_LIMIT (seconds, default 3600) bounds the run; the results so far are printed either way.
+# MUTATION_ONLY (space-separated globs of mutant names, e.g. '*x_fingerprint*') runs and scores only those mutants.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 module="${1:?usage: scripts/mutation.sh gnr650/<module>.py [tests...]}"
@@ -47,17 +48,24 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 status=0
 run() { timeout "${MUTATION_TIME_LIMIT:-3600}" mutmut run --max-children "${MUTATION_CHILDREN:-2}" "$@" >>mutmut-run.log 2>&1; }
 : >mutmut-run.log
-run || status=$?
+read -ra only <<<"${MUTATION_ONLY:-}"
+run "${only[@]}" || status=$?
 # mutmut keeps a verdict until the mutated function changes: retest the survivors and the uncovered, the tests may be new.
-survivors=$(mutmut results 2>/dev/null | awk -F: '/: (survived|no tests)$/ {gsub(/ /, "", $1); print $1}')
+survivors=$(mutmut results 2>/dev/null | awk -F: '/: (survived|no tests)$/ {gsub(/ /, "", $1); print $1}' |
+  python -c 'import fnmatch, os, sys; pats = os.environ.get("MUTATION_ONLY", "").split()
+print(" ".join(n for n in sys.stdin.read().split() if not pats or any(fnmatch.fnmatch(n, p) for p in pats)))')
 [ "$status" -eq 0 ] && [ -n "$survivors" ] && { run $survivors || status=$?; }
 [ "$status" -eq 124 ] && echo "stopped at MUTATION_TIME_LIMIT; rerun to continue"
 [ "$status" -ne 0 ] && [ "$status" -ne 124 ] && { tail -20 mutmut-run.log; exit "$status"; }
 python - "$module" <<'PY'
 """Score from mutmut's own result list: killed / (killed + survived); timeouts count as killed, as mutmut does."""
-import subprocess, sys
+import fnmatch, os, subprocess, sys
 out = subprocess.run(["mutmut", "results", "--all", "true"], capture_output=True, text=True).stdout
-states = [line.rsplit(":", 1)[1].strip() for line in out.splitlines() if ":" in line]
+pats = os.environ.get("MUTATION_ONLY", "").split()
+lines = [line for line in out.splitlines() if ":" in line]
+lines = [line for line in lines if not pats or any(fnmatch.fnmatch(line.rsplit(":", 1)[0].strip(), p) for p in pats)]
+out = "\n".join(lines)
+states = [line.rsplit(":", 1)[1].strip() for line in lines]
 killed = sum(s in ("killed", "timeout") for s in states)
 timeouts = states.count("timeout")
 survived = [line.strip() for line in out.splitlines() if line.rstrip().endswith("survived")]

@@ -10,7 +10,7 @@ import torch
 def _class_perms(labels: torch.Tensor, seed: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     out = []
-    for c in range(int(labels.max()) + 1 if labels.numel() else 0):
+    for c in range(int(labels.max()) + 1):
         idx = torch.nonzero(labels == c, as_tuple=True)[0]
         out.append(idx[torch.randperm(idx.numel(), generator=g)])
     return out

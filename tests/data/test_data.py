@@ -61,6 +61,29 @@ def test_per_class_samples_are_disjoint_and_exact():
         sample_per_class(labels, [400, 200], seed=0)
 
 
+def test_per_class_samples_can_use_every_image_of_a_class():
+    """Three parts taking all 4 images of every class: a partition of the indices, 2 + 1 + 1 per class."""
+    labels = torch.tensor([1, 0, 2, 1, 0, 2, 2, 0, 1, 1, 0, 2])
+    parts = sample_per_class(labels, [2, 1, 1], seed=5)
+    assert [torch.bincount(labels[p], minlength=3).tolist() for p in parts] == [[2, 2, 2], [1, 1, 1], [1, 1, 1]]
+    assert sorted(torch.cat(parts).tolist()) == list(range(12))
+
+
+def test_class_balanced_subset_keeps_at_least_one_image_of_a_small_class():
+    labels = torch.tensor([0] * 3 + [1] * 20)
+    keep = class_balanced_subset(labels, 0.1, seed=0)  # round(0.3) = 0 -> 1 image of class 0; 2 of class 1
+    assert torch.bincount(labels[keep]).tolist() == [1, 2]
+
+
+def test_stratified_split_last_part_takes_the_rounding_remainder():
+    """Class sizes 5, 7, 1 by (0.6, 0.2, 0.2): round(n * r) for the first two parts, the rest to the last."""
+    labels = torch.tensor([0] * 5 + [1] * 7 + [2])[torch.randperm(13, generator=torch.Generator().manual_seed(0))]
+    parts = stratified_split(labels, (0.6, 0.2, 0.2), seed=2)
+    expected = [[3, 4, 1], [1, 1, 0], [1, 2, 0]]  # 5: 3 1 1; 7: round(4.2)=4 round(1.4)=1 rest 2; 1: 1 0 0
+    assert [torch.bincount(labels[p], minlength=3).tolist() for p in parts] == expected
+    assert sorted(torch.cat(parts).tolist()) == list(range(13))
+
+
 def test_cifar_subset_from_image_folders(fake_data, tmp_path):
     dm = Cifar10SubsetDataModule(root=str(fake_data), per_class=2, val_per_class=3, cache_dir=str(tmp_path))
     dm.setup()

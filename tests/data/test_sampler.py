@@ -1,8 +1,9 @@
 """The training sampler: a new permutation each epoch, an exact skip of the consumed samples, equal rank shares."""
 
 import pytest
+from torch.utils.data import DistributedSampler
 
-from gnr650.data.sampler import ResumableSampler
+from gnr650.data.sampler import ResumableSampler, per_rank_batch_size
 
 
 def _epoch(sampler: ResumableSampler, epoch: int) -> list[int]:
@@ -18,6 +19,15 @@ def test_each_epoch_is_a_different_permutation_drawn_from_seed_and_epoch_alone()
     assert _epoch(ResumableSampler(50, seed=3), 1) == orders[1]  # a restarted run sees the same order
     assert _epoch(ResumableSampler(50, seed=4), 1) != orders[1]
     assert _epoch(ResumableSampler(50, shuffle=False), 2) == list(range(50))
+
+
+@pytest.mark.parametrize("seed,epoch", [(0, 0), (0, 3), (5, 1), (7, 0)])
+def test_order_is_torchs_distributed_sampler_order(seed, epoch):
+    """The order Lightning's default sampler gives for the same seed and epoch (seed 0 when none is given)."""
+    reference = DistributedSampler(range(40), num_replicas=1, rank=0, shuffle=True, seed=seed)
+    reference.set_epoch(epoch)
+    ours = ResumableSampler(40, seed=seed) if seed else ResumableSampler(40)
+    assert _epoch(ours, epoch) == list(reference)
 
 
 @pytest.mark.parametrize("done", [0, 1, 17, 49, 50])
@@ -50,3 +60,14 @@ def test_evaluation_shares_see_every_sample_exactly_once(size, world):
     assert [
         len(ResumableSampler(size, shuffle=False, num_replicas=world, rank=r, pad=False)) for r in range(world)
     ] == [len(s) for s in shares]
+
+
+@pytest.mark.parametrize("batch_size,world,share", [(64, 1, 64), (64, 4, 16), (6, 3, 2)])
+def test_global_batch_is_shared_equally_by_the_processes(batch_size, world, share):
+    result = per_rank_batch_size(batch_size, world)
+    assert result == share and isinstance(result, int)  # a DataLoader needs an int
+
+
+def test_global_batch_that_does_not_divide_is_refused_naming_the_settings():
+    with pytest.raises(ValueError, match=r"batch_size=10 .* 4 DDP processes \(trainer.devices x trainer.num_nodes\)"):
+        per_rank_batch_size(10, 4)

@@ -322,3 +322,38 @@ def test_memory_and_disk_give_identical_results_on_the_cifar_subset(tmp_path):
     assert runs["memory"]["data"]["sizes"] == {"train": 200, "val": 200, "test": 10_000}
     assert runs["memory"]["metrics"] == runs["disk"]["metrics"]
     assert runs["memory"]["confusion_matrix"] == runs["disk"]["confusion_matrix"]
+
+
+def _store(path: Path, key: str = "k", shape: tuple[int, ...] = (2, 3, 4, 4)):
+    return store_lib.write_store(path, key, shape, iter([np.zeros(shape, dtype=np.uint8)]))
+
+
+def test_a_store_is_trusted_only_for_its_key_version_and_rgb_shape(tmp_path, monkeypatch):
+    assert store_lib.read_store(_store(tmp_path / "a.u8").path, "k") is not None
+    assert store_lib.read_store(tmp_path / "a.u8", "other") is None  # a copied or renamed store of other files
+    _store(tmp_path / "grey.u8", shape=(2, 1, 4, 4))
+    assert store_lib.read_store(tmp_path / "grey.u8", "k") is None
+    monkeypatch.setattr(store_lib, "CACHE_VERSION", store_lib.CACHE_VERSION - 1)
+    _store(tmp_path / "old.u8")
+    monkeypatch.undo()
+    assert store_lib.read_store(tmp_path / "old.u8", "k") is None
+
+
+def test_store_lookup_goes_on_past_folders_without_it_and_past_damage_it_cannot_remove(tmp_path, monkeypatch):
+    """paths.cache_dir lacks the store, the default folder has it; a damaged copy that cannot be removed is skipped."""
+    first, second, third = (tmp_path / d for d in ("first", "second", "third"))
+    for d in (first, second, third):
+        d.mkdir()
+    written = _store(third / "s.u8")
+    assert store_lib.find_store([first, third], "s.u8", "k") == written
+    (second / "s.u8").write_bytes(b"damaged")
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: (_ for _ in ()).throw(PermissionError(self)))
+    assert store_lib.find_store([second, third], "s.u8", "k") == written
+
+
+def test_the_key_depends_on_the_settings_not_their_order(tmp_path):
+    files = [tmp_path / "x.png"]
+    files[0].write_bytes(b"x")
+    key = store_lib.fingerprint(files, {"decode_size": 32, "skip_unreadable": True})
+    assert key == store_lib.fingerprint(files, {"skip_unreadable": True, "decode_size": 32})
+    assert key != store_lib.fingerprint(files, {"decode_size": 64, "skip_unreadable": True})

@@ -1,12 +1,17 @@
 """Weighted k-NN (DINO): exact on separable features, the same votes as scikit-learn's, run like any strategy."""
 
+from collections import OrderedDict
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
+from torch import nn
 
 from gnr650.finetune import StrategyError
-from gnr650.finetune.knn import KNNClassifier
+from gnr650.finetune.knn import KNNBank, KNNClassifier
 from gnr650.train import train
 from tests.helpers import make_cfg
 
@@ -46,3 +51,93 @@ def test_knn_reports_like_the_other_strategies(tmp_path):
 def test_k_larger_than_the_train_split_is_refused_before_any_work(tmp_path):
     with pytest.raises(StrategyError, match=r"knn.k=1000 is larger than the train split \(64 images\)"):
         train(make_cfg(SMOKE + ["finetune=knn", "finetune.knn.k=1000"], tmp_path))
+
+
+def test_k_equal_to_the_bank_votes_over_the_whole_bank():
+    """k = bank size: a class's score is its share of exp(cos / T) over every train feature (by hand)."""
+    bank = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    query = torch.tensor([[3.0, 0.0]])
+    weights = torch.tensor([1.0, 0.0, 2**-0.5]).div(0.5).exp()  # cosines with the query, T = 0.5
+    expected = torch.stack([weights[0], weights[1:].sum()]) / weights.sum()
+    scores = KNNClassifier(2, k=3, temperature=0.5).fit(bank, labels)(query).exp()
+    torch.testing.assert_close(scores[0], expected)
+
+
+def test_defaults_are_dinos():
+    knn = KNNClassifier(3)
+    assert (knn.k, knn.temperature) == (20, 0.07)
+
+
+@pytest.mark.parametrize(
+    "k,temperature,message",
+    [
+        (0, 0.07, r"finetune.knn.k must be a positive integer \(got 0\)"),
+        (-1, 0.07, r"knn.k must be a positive integer \(got -1\)"),
+        (2.5, 0.07, r"knn.k must be a positive integer \(got 2.5\)"),
+        (True, 0.07, r"knn.k must be a positive integer \(got True\)"),
+        (20, 0, r"finetune.knn.temperature must be positive \(got 0\)"),
+        (20, -0.1, r"knn.temperature must be positive \(got -0.1\)"),
+    ],
+)
+def test_bad_k_or_temperature_is_refused_naming_the_setting(k, temperature, message):
+    with pytest.raises(StrategyError, match=message):
+        KNNClassifier(3, k=k, temperature=temperature)
+
+
+def test_k_of_one_is_the_nearest_neighbours_label():
+    bank, labels = torch.tensor([[1.0, 0.1], [0.1, 1.0]]), torch.tensor([1, 0])
+    scores = KNNClassifier(2, k=1, temperature=1e-3).fit(bank, labels)(torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
+    assert scores.argmax(1).tolist() == [1, 0]
+
+
+def test_fitting_more_neighbours_than_features_is_refused():
+    with pytest.raises(StrategyError, match=r"knn.k=4 is larger than the 3 train features"):
+        KNNClassifier(2, k=4).fit(torch.randn(3, 2), torch.tensor([0, 1, 1]))
+
+
+def test_a_bank_filled_in_inference_mode_still_passes_gradients():
+    """The bank is filled during testing (inference mode); Grad-CAM later backpropagates through the k-NN head."""
+    knn = KNNClassifier(2, k=2)
+    with torch.inference_mode():
+        knn.fit(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    query = torch.randn(2, 3, requires_grad=True)
+    knn(query)[:, 0].sum().backward()
+    assert query.grad is not None and torch.isfinite(query.grad).all()
+
+
+def test_the_bank_is_rebuilt_not_saved():
+    """Bank and labels are buffers kept out of the state dict: a fitted head's checkpoint loads into a fresh one."""
+    fitted = KNNClassifier(2, k=2).fit(torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1]))
+    assert set(dict(fitted.named_buffers())) == {"bank", "labels"} and not fitted.state_dict()
+    KNNClassifier(2, k=2).load_state_dict(fitted.state_dict())
+
+
+class _Split:
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@pytest.mark.parametrize("head", ["fc", "head.fc"])
+def test_bank_callback_puts_the_classifier_in_place_of_the_head_over_every_train_feature(head):
+    """The head (top-level or nested) becomes the k-NN classifier; its bank is the head-less network's features of
+    all 5 train images, fed in batches of 2, in order."""
+    fc = nn.Linear(4, 2)
+    top = nn.Sequential(OrderedDict(fc=fc)) if "." in head else fc
+    net = nn.Sequential(OrderedDict([("body", nn.Linear(3, 4)), (head.split(".")[0], top)]))
+    images, labels = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    datamodule = SimpleNamespace(split=lambda name: _Split(images, labels), eval_batch_size=2)
+    module = SimpleNamespace(net=net, preprocess=nn.Identity(), device=torch.device("cpu"))
+    classifier = KNNClassifier(2, k=5)
+    KNNBank(head, classifier, train_size=5).on_test_start(SimpleNamespace(datamodule=datamodule), module)
+    assert net.get_submodule(head) is classifier
+    with torch.no_grad():
+        torch.testing.assert_close(classifier.bank, F.normalize(net.body(images), dim=1))
+    assert torch.equal(classifier.labels, labels)
+
+
+def test_k_equal_to_the_train_split_is_accepted():
+    KNNBank("head", KNNClassifier(2, k=64), train_size=64)

@@ -6,15 +6,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
-from gnr650.finetune import StrategyError, count_params, prepare_strategy
+from gnr650.finetune import StrategyError, count_params, prepare_from_config, prepare_strategy
 from gnr650.finetune.feature_cache import cut_network
 from gnr650.finetune.lora import merge_lora
-from gnr650.finetune.strategies import apply_freeze, evaluating, set_mode
+from gnr650.finetune.strategies import apply_freeze, evaluating, is_under, set_mode
 from gnr650.interpret.attention import cls_attention, extract_attention, patch_grid, patch_maps
 from gnr650.models import build_resnet18, build_vit
 from gnr650.training.optim import adamw_warmup_cosine
+from tests.helpers import make_cfg
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["attn.qkv"]}
 ZOO = {
@@ -213,3 +215,57 @@ def test_llrd_learning_rates_follow_the_formula_and_match_timm(vit_ti):
 def test_layer_decay_outside_zero_one_is_refused(decay):
     with torch.device("meta"), pytest.raises(StrategyError, match=r"layer_decay must be in \(0, 1\]"):
         prepare_strategy(_build("vit_ti16"), "all", True, layer_decay=decay)
+
+
+@pytest.mark.parametrize("decay", [1, 1.0])
+def test_layer_decay_of_one_is_plain_full_fine_tuning(decay):
+    with torch.device("meta"):
+        plan = prepare_strategy(_build("vit_ti16"), "all", True, layer_decay=decay)
+    assert set(plan.lr_scales.values()) == {1.0}
+
+
+# ViT-Ti/16 at 224 px, 10 classes: head 192 * 10 + 10 = 1_930; LoRA r=8 on qkv: 12 * 8 * (192 + 576) = 73_728;
+# prompts 10 * 192 (shallow) or 12 * 10 * 192 (deep).
+CONFIG_COUNTS = {
+    "last": (1_930, 0),
+    "top4": (1_781_770, 0),
+    "full": (5_526_346, 0),
+    "frozen": (0, 0),
+    "knn": (0, 0),
+    "bitfit": (27_658, 0),
+    "norm": (11_530, 0),
+    "lora": (1_930 + 73_728, 73_728),
+    "vpt": (1_930 + 1_920, 1_920),
+    "vpt_deep": (1_930 + 23_040, 23_040),
+    "llrd": (5_526_346, 0),
+}
+
+
+@pytest.mark.parametrize("finetune", list(CONFIG_COUNTS))
+def test_each_finetune_config_prepares_its_trainable_and_new_parameters(finetune, tmp_path):
+    """configs/finetune/<name>.yaml as composed: what trains, what of it is new (trained at lr_head), lr scales."""
+    ft = OmegaConf.to_container(make_cfg([f"finetune={finetune}"], tmp_path).finetune, resolve=True)
+    with torch.device("meta"):
+        built = _build("vit_ti16", img_size=224)
+        plan = prepare_from_config(built, ft)
+    apply_freeze(built.net, plan.trainable)
+    new = sum(p.numel() for n, p in built.net.named_parameters() if is_under(n, plan.new))
+    assert (count_params(built.net)["trainable"], new) == CONFIG_COUNTS[finetune]
+    assert (plan.lr_scales is not None) == (finetune == "llrd")
+
+
+def test_lora_and_prompts_together_are_both_new_and_the_head_trains_by_default():
+    with torch.device("meta"):
+        built = _build("vit_ti16", img_size=224)
+        plan = prepare_strategy(built, 0, lora=LORA, vpt={"tokens": 10, "deep": False})
+    apply_freeze(built.net, plan.trainable)
+    new = sum(p.numel() for n, p in built.net.named_parameters() if is_under(n, plan.new))
+    assert (count_params(built.net)["trainable"], new) == (1_930 + 73_728 + 1_920, 73_728 + 1_920)
+
+
+def test_a_finetune_config_without_train_head_trains_the_head():
+    """Configs saved before ``train_head`` existed load with the head trained, as every option but frozen does."""
+    with torch.device("meta"):
+        built = _build("vit_ti16", img_size=224)
+        apply_freeze(built.net, prepare_from_config(built, {"train_blocks": 0}).trainable)
+    assert count_params(built.net)["trainable"] == 1_930

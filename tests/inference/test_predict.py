@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from matplotlib.text import Text
 from PIL import Image
 
 from gnr650.inference import RunDirError, load_run, predict
 from gnr650.inference.cli import predict_main
-from gnr650.inference.predict import PredictInputError, collect_images, predict_files, predict_images
+from gnr650.inference.predict import (
+    PredictInputError,
+    collect_images,
+    predict_files,
+    predict_images,
+    write_predictions,
+)
 from gnr650.interpret.figures import DPI
 from gnr650.models import WeightsError
 
@@ -171,3 +178,55 @@ def test_missing_inputs_fail_before_any_work(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PredictInputError, match="No image files"):
         collect_images([tmp_path / "empty"])
+
+
+def test_inputs_are_files_as_given_then_image_files_of_folders_in_sorted_order(images, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        shutil.copy(images / "rgb0.png", folder / name)
+    single = images / "rgb1.png"
+    assert collect_images([single, folder]) == [single, folder / "a.jpg", folder / "b.png"]
+    with pytest.raises(PredictInputError, match=r"do not exist: \['.*nope.jpg'\]"):
+        collect_images([single, tmp_path / "nope.jpg"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PredictInputError, match=r"No image files in \['.*empty'\] .* for .jpg, .jpeg, .png"):
+        collect_images([tmp_path / "empty"])
+
+
+def test_unreadable_batches_do_not_stop_the_rest_and_their_rows_say_why(resnet_run, images, tmp_path):
+    """Batches of one, the unreadable file first: every later image is still predicted; its CSV row names the file
+    and leaves class, probability and attention empty."""
+    run = load_run(resnet_run)
+    files = [images / "nested" / "broken.jpg", images / "rgb0.png", images / "rgb1.png"]
+    predictions = predict_files(run, files, topk=1, batch_size=1)
+    assert [len(p.classes) for p in predictions] == [0, 1, 1]
+    assert "broken.jpg" in predictions[0].error and "Cannot decode image" in predictions[0].error
+    rows = _rows(write_predictions(tmp_path / "p.csv", predictions, topk=1))
+    assert [(r["class"], r["probability"], r["attention"]) for r in rows[:1]] == [("", "", "")]
+    assert rows[1]["attention"] == "" and float(rows[1]["probability"]) == pytest.approx(
+        predictions[1].probabilities[0]
+    )
+
+
+def test_topk_is_five_by_default_and_at_least_one(unsorted_class_run, images):
+    run = load_run(unsorted_class_run)  # 12 classes (the fixture is shared with test_evaluate.py)
+    assert len(run.class_names) > 5
+    [five] = predict_files(run, [images / "rgb0.png"])
+    [one] = predict_files(run, [images / "rgb0.png"], topk=1)
+    assert len(five.classes) == 5 and one.classes == five.classes[:1]
+    with pytest.raises(PredictInputError, match=r"topk must be at least 1 \(got 0\)"):
+        predict_files(run, [images / "rgb0.png"], topk=0)
+
+
+def test_attention_overlay_names_the_file_and_its_top_class_and_the_csv_links_it(
+    vit_run, images, monkeypatch, tmp_path
+):
+    figures = []
+    monkeypatch.setattr(predict, "save_figure", lambda figure, path: figures.append(figure) or path)
+    [p] = predict_files(load_run(vit_run), [images / "rgb0.png"], topk=2, attention_dir=tmp_path)
+    texts = {t.get_text() for t in figures[0].findobj(Text)}
+    assert "rgb0.png" in texts
+    assert any(t.startswith(f"{p.classes[0]} ({p.probabilities[0]:.1%})\n") for t in texts), texts
+    [row] = _rows(write_predictions(tmp_path / "p.csv", [p], topk=2))
+    assert row["attention"] == p.attention == str(tmp_path / "00000_rgb0.png")

@@ -83,3 +83,57 @@ def test_nothing_trainable_is_refused():
     net = _net().requires_grad_(False)
     with pytest.raises(RuntimeError, match="finetune=frozen"):
         adamw_warmup_cosine(net, ["head"], HP, total_steps=10, epochs=1, device=torch.device("cpu"))
+
+
+def test_lr_scales_and_weight_decays_set_each_parameters_rate_and_decay():
+    """Layer-wise scales multiply the part's rate, per-name decays replace the default on weights (biases stay at
+    0); every group keeps a distinct name (LR monitors key on it), and the configured betas are used."""
+    net = nn.Sequential()
+    net.add_module("body", nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)))
+    net.add_module("head", nn.Linear(4, 2))
+    scales = {"body.0.weight": 0.5, "body.0.bias": 0.25, "head.weight": 2.0}
+    decays = {"body.1.weight": 0.2, "head.bias": 0.3}
+    hp = SimpleNamespace(**{**vars(HP), "betas": (0.8, 0.99)})
+    optimizer, _ = adamw_warmup_cosine(
+        net, ["head"], hp, 10, 1, torch.device("cpu"), lr_scales=scales, weight_decays=decays
+    )
+    expected = {  # (lr, weight decay), by hand
+        "body.0.weight": (1e-4 * 0.5, 0.05),
+        "body.0.bias": (1e-4 * 0.25, 0.0),
+        "body.1.weight": (1e-4, 0.2),
+        "body.1.bias": (1e-4, 0.0),
+        "body.2.weight": (1e-4, 0.05),
+        "body.2.bias": (1e-4, 0.0),
+        "head.weight": (1e-2 * 2.0, 0.05),
+        "head.bias": (1e-2, 0.0),
+    }
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    for name, p in net.named_parameters():
+        group = group_of[id(p)]
+        assert (group["initial_lr"], group["weight_decay"]) == pytest.approx(expected[name], rel=1e-12), name
+    names = [g["name"] for g in optimizer.param_groups]
+    assert len(set(names)) == len(names) == 7, names
+    assert all(g["betas"] == (0.8, 0.99) for g in optimizer.param_groups)
+
+
+@pytest.mark.parametrize("device,fused", [("cpu", True), ("cuda", True), ("mps", False)])
+def test_adamw_is_fused_on_cpu_and_cuda_only(device, fused):
+    """One fused kernel per step where torch has one for the run's device (the step time the benchmark reports)."""
+    optimizer, _ = adamw_warmup_cosine(_net(), ["head"], HP, 10, 1, torch.device(device))
+    assert all(bool(g["fused"]) is fused for g in optimizer.param_groups)
+
+
+@pytest.mark.parametrize("epochs", [None, 0])
+def test_no_epoch_count_warms_up_as_one_epoch(epochs):
+    """Without an epoch count (step-bounded runs) the whole run is one epoch: the schedule of epochs=1."""
+    rates = []
+    for n in (epochs, 1):
+        optimizer, schedule = adamw_warmup_cosine(_net(), ["head"], HP, 8, n, torch.device("cpu"))
+        factors = []
+        for _ in range(4):
+            factors.append(optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["initial_lr"])
+            optimizer.step()
+            schedule.step()
+        rates.append(factors)
+    assert rates[0] == rates[1]
+    assert rates[0][:4] == pytest.approx([(s + 1) / 9 for s in range(4)])  # warm-up of all 8 steps
