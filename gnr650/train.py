@@ -49,6 +49,7 @@ from gnr650.summary.run_report import write_run_report
 from gnr650.training import ClassificationModule, DevicePreprocess, epoch_progress_bar, use_channels_last
 from gnr650.training.head_grid import HeadGridModule
 from gnr650.training.learning import learning_warnings
+from gnr650.training.precision import FP32, resolve_precision
 from gnr650.training.progress import EpochLog
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             KNNBank(built.head[-1], KNNClassifier(dm.num_classes, **knn), len(dm.split("train"))) if knn else None
         )
         callbacks = configured + [c for c in (cache, knn_bank) if c] + control.callbacks + [epoch_log] + progress
-        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        precision, why = resolve_precision(cfg.trainer.get("precision", FP32), cfg.trainer.get("accelerator", "auto"))
+        log.info("Precision %s (%s).", precision, why)
+        results["precision"] = {"used": precision, "why": why}
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision
+        )
         check_launch(trainer)
         results["resumed_from"] = control.ckpt_path
         fit_s, history = 0.0, None

@@ -19,6 +19,7 @@ from gnr650.inference.trained_run import TrainedRun, load_run
 from gnr650.runs import evaluation_fields, versions
 from gnr650.runs.run_dirs import hydra_files, removed_when_unused
 from gnr650.training import ClassificationModule
+from gnr650.training.precision import FP32, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,11 @@ def evaluate(
     dm.setup()
     check_classes(run.class_names, dm.class_names)
     module = ClassificationModule(run.net, run.preprocess, run.class_names, trainable=[], head=run.built.head)
+    requested = precision if precision is not None else run.config.trainer.get("precision", FP32)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
-        precision=precision if precision is not None else run.config.trainer.get("precision", "32-true"),
+        precision=resolve_precision(requested, accelerator)[0],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
