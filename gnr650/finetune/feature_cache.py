@@ -4,7 +4,8 @@ For ``last`` and ``topK`` with augmentation off, every module before the first t
 frozen, in eval mode and sees the same images every epoch, so its output never changes. It is
 computed once at fit set-up for train, val and test (ViT: the tokens after block ``12-K``; ResNet:
 the activation before the first trainable block; ``last``: the pooled features), kept on the
-training device (bf16 under bf16 precision, float32 otherwise), and served by the datamodule in
+training device in the dtype the prefix returns (under bf16 autocast: bf16 for a ResNet, float32 for a ViT's
+tokens), and served by the datamodule in
 place of the images; the module then runs only the suffix. The suffix calls the very modules inside
 ``net``, so training it trains ``net``, which stays whole for anything that needs images.
 """
@@ -182,9 +183,11 @@ class FeatureCache(pl.Callback):
         start = time.perf_counter()
         dm: DecodedImageDataModule = trainer.datamodule
         pl_module.to(trainer.strategy.root_device)
-        dtype = torch.bfloat16 if str(trainer.precision).startswith("bf16") else torch.float32
         with evaluating(pl_module):
-            shape = tuple(self._prefix(trainer, pl_module, dm.split("train").images[:1]).shape[1:])
+            probe = self._prefix(trainer, pl_module, dm.split("train").images[:1])
+        # Stored as the prefix returns it, so the suffix gets what it gets uncached: under bf16 autocast a
+        # ResNet activation is bf16, but a ViT's residual stream (and its final norm) stays float32.
+        shape, dtype = tuple(probe.shape[1:]), probe.dtype
         total = sum(len(dm.split(name)) for name in SPLITS)
         gb = total * math.prod(shape) * dtype.itemsize / 1e9
         described = f"{total} x {list(shape)} {str(dtype).removeprefix('torch.')}"

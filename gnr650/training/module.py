@@ -102,7 +102,7 @@ class ClassificationModule(pl.LightningModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
-        if self.suffix is not None:  # cached features, already preprocessed (stored bf16 under mixed precision)
+        if self.suffix is not None:  # cached features: preprocessed, in the dtype the prefix returned
             return images.to(self.dtype), labels
         augment = self.trainer is not None and self.trainer.training
         return self.preprocess(images, augment=augment), labels

@@ -1,4 +1,5 @@
-"""Frozen-prefix feature caching: exact on CPU float32, refused where it would not be, and the network splits."""
+"""Frozen-prefix feature caching: cached runs equal uncached ones (bf16 ViT: within a measured tolerance), refused
+where they would not, and the network splits."""
 
 import csv
 import json
@@ -25,12 +26,12 @@ def _run(overrides, path):
     return results, _epochs(path), json.loads((path / "results.json").read_text())
 
 
-def _assert_same(a, b):
+def _assert_same(a, b, tol=TOL):
     (res_a, csv_a, _), (res_b, csv_b, _) = a, b
     assert csv_a.keys() == csv_b.keys()
     for key in csv_a:
-        assert csv_a[key] == pytest.approx(csv_b[key], abs=TOL), key
-    assert res_a["metrics"] == pytest.approx(res_b["metrics"], abs=TOL)
+        assert csv_a[key] == pytest.approx(csv_b[key], abs=tol), key
+    assert res_a["metrics"] == pytest.approx(res_b["metrics"], abs=tol)
     for split in ("train", "val", "test"):
         assert res_a["confusion_matrix"][split] == res_b["confusion_matrix"][split]
 
@@ -41,27 +42,36 @@ def _weights(path):
 
 
 @pytest.mark.parametrize(
-    "model,finetune,at",
+    "model,finetune,at,precision,dtype",
     [
-        ("resnet18", "top4", "layer3.0"),
-        ("resnet18", "last", "fc"),
-        ("vit_ti16", "top4", "blocks.8"),
-        ("vit_ti16", "last", "head_drop"),
+        ("resnet18", "top4", "layer3.0", "32-true", "float32"),
+        ("resnet18", "last", "fc", "32-true", "float32"),
+        ("vit_ti16", "top4", "blocks.8", "32-true", "float32"),
+        ("vit_ti16", "last", "head_drop", "32-true", "float32"),
+        # bf16 autocast: a ResNet activation comes out bf16 (half the memory), a ViT's residual stream float32
+        ("resnet18", "top4", "layer3.0", "bf16-mixed", "bfloat16"),
+        ("vit_ti16", "top4", "blocks.8", "bf16-mixed", "float32"),
+        ("vit_ti16", "last", "head_drop", "bf16-mixed", "float32"),
     ],
 )
 @pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
-def test_cached_run_equals_uncached_run(model, finetune, at, tmp_path):
+def test_cached_run_equals_uncached_run(model, finetune, at, precision, dtype, tmp_path):
     # Drop path in the trained ViT blocks: both runs must draw the same random numbers.
-    common = [f"model={model}", f"finetune={finetune}"] + (["model.drop_path_rate=0.1"] if model == "vit_ti16" else [])
+    common = [f"model={model}", f"finetune={finetune}", f"trainer.precision={precision}"]
+    common += ["model.drop_path_rate=0.1"] if model == "vit_ti16" else []
     cached = _run(common + ["finetune.cache_features=true"], tmp_path / "cached")
     plain = _run(common + ["finetune.cache_features=false"], tmp_path / "plain")
     assert cached[0]["feature_cache"]["at"] == at and plain[0]["feature_cache"] is None
-    _assert_same(cached, plain)
+    assert cached[0]["feature_cache"]["dtype"] == dtype
+    # A ViT under bf16 autocast is the one documented tolerance (docs/architecture.md, feature caching): its
+    # cached and uncached runs were measured 2.4e-4 apart in loss and 5.6e-4 in weights, predictions the same.
+    tol, weight_tol = (1e-3, 3e-3) if (model, precision) == ("vit_ti16", "bf16-mixed") else (TOL, TOL)
+    _assert_same(cached, plain, tol)
     # The suffix trained the very modules inside net: the saved networks agree too.
     wa, wb = _weights(tmp_path / "cached"), _weights(tmp_path / "plain")
     assert wa.keys() == wb.keys()
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], atol=TOL, rtol=0, msg=k)
+        torch.testing.assert_close(wa[k], wb[k], atol=weight_tol, rtol=0, msg=k)
 
 
 @pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
