@@ -46,6 +46,7 @@ from gnr650.data import SPLITS
 from gnr650.errors import reporting_user_errors
 from gnr650.finetune.strategies import set_mode
 from gnr650.runs import prepare_process, versions
+from gnr650.tools import bench_phases
 from gnr650.train import build, train
 from gnr650.training import on_gpu
 from gnr650.training.optim import adamw_warmup_cosine
@@ -460,6 +461,20 @@ def run_strategies(args: argparse.Namespace) -> tuple[str, str]:
     return text, "\n".join(md)
 
 
+def run_phases(args: argparse.Namespace) -> tuple[str, str]:
+    """Each phase's images/s at each precision (and compiled), alternating in one process."""
+    cfg = compose_cfg(args.overrides, None)
+    variants = bench_phases.variants_from(args, cfg)
+    results = bench_phases.measure(cfg, variants, args.images, args.repeats)
+    setting = (
+        f"{cfg.model.name} at {cfg.model.get('img_size') or 'native'} px, finetune={cfg.finetune.name}, batch "
+        f"{cfg.batch_size}, evaluation batch {cfg.eval_batch_size}, device {_device(cfg).type}, {args.images} images "
+        f"a round x {args.repeats} rounds (best round), after one warm-up call"
+    )
+    text, md = bench_phases.report(results, variants, setting)
+    return text, "\n".join([*_section_head(args, setting), *md])
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="gnr650-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
@@ -477,6 +492,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default="",
         help="comma-separated finetune options: training images/s of each against the first (e.g. full,lora,vpt)",
     )
+    p.add_argument(
+        "--phases",
+        action="store_true",
+        help="images/s of each phase (train, evaluate, cache, analysis, predict) at each of --precisions",
+    )
+    p.add_argument("--precisions", default="32-true,bf16-mixed", help="with --phases: trainer.precision values")
+    p.add_argument("--compile", action="store_true", help="with --phases: each precision also torch.compile'd")
+    p.add_argument("--images", type=int, default=256, help="with --phases: images per timed round of a phase")
     args = p.parse_args(argv)
     args.argv = argv
     return args
@@ -491,6 +514,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     """Run the comparison ``args`` asks for, print it and record it in ``args.out``."""
+    if args.phases:
+        text, section = run_phases(args)
+        print(text)
+        write_markdown(args.out, section)
+        print(f"[bench] recorded in {args.out}")
+        return 0
     if args.strategies:
         text, section = run_strategies(args)
         print(text)

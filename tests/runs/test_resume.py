@@ -63,8 +63,14 @@ def assert_same_metrics(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow  # > 10 s here: in the tier .ci/run also runs
-def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_path):
-    args = RUN + ["trainer.max_epochs=3", "dataset.per_class=32", "last_ckpt_every_s=0"]  # 8 steps an epoch
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(precision, tmp_path):
+    args = RUN + [
+        "trainer.max_epochs=3",
+        "dataset.per_class=32",
+        "last_ckpt_every_s=0",
+        f"trainer.precision={precision}",
+    ]
     reference = train_py(args, tmp_path / "reference")
     victim = train_py(args, tmp_path / "victim")
     runs = tmp_path / "victim" / "outputs" / "train" / "runs"
@@ -86,10 +92,20 @@ def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_pa
 SMALL = RUN + ["trainer.max_epochs=2", "logger=csv", "callbacks=default"]  # 4 steps an epoch
 
 
+BF16 = ["trainer.precision=bf16-mixed"]  # autocast on the CPU: resume must be as exact as in float32
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted")
     train(make_cfg(SMALL, out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_bf16(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted_bf16")
+    train(make_cfg(SMALL + BF16, out))
     return out
 
 
@@ -121,7 +137,18 @@ def assert_same_history(run: Path, reference: Path) -> None:
     ids=["sigterm-mid-epoch", "sigint-mid-epoch", "sigterm-last-batch"],
 )
 def test_signal_saves_a_checkpoint_and_resume_is_exact(signum, epoch, batch, uninterrupted, tmp_path):
-    args = SMALL + [
+    _signal_then_resume(SMALL, signum, epoch, batch, uninterrupted, tmp_path)
+
+
+def test_resume_is_exact_under_bf16_autocast(uninterrupted_bf16, uninterrupted, tmp_path):
+    _signal_then_resume(SMALL + BF16, signal.SIGTERM, 0, 3, uninterrupted_bf16, tmp_path)
+    assert read_results(tmp_path)["precision"]["used"] == "bf16-mixed"
+    # bf16 really ran: its losses are not float32's
+    assert read_results(tmp_path)["metrics"]["train/loss"] != read_results(uninterrupted)["metrics"]["train/loss"]
+
+
+def _signal_then_resume(run: list[str], signum, epoch: int, batch: int, uninterrupted: Path, tmp_path: Path) -> None:
+    args = run + [
         f"+callbacks.signal._target_={SignalAt.__module__}.SignalAt",
         f"+callbacks.signal.epoch={epoch}",
         f"+callbacks.signal.batch={batch}",

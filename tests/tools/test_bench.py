@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 
 from gnr650.tools.bench import _epochs, main, write_markdown
 
@@ -64,3 +65,30 @@ def test_a_user_error_is_its_message_alone_with_exit_status_2(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and err.startswith("gnr650-bench: error: ") and str(missing) in err, err
     assert not (tmp_path / "b.md").exists()
+
+
+@pytest.mark.parametrize("finetune,phases", [("top4", 5), ("full", 4), ("frozen", 3)])
+def test_phases_mode_times_every_phase_at_each_precision(finetune, phases, tmp_path, capsys):
+    out = tmp_path / "benchmarks.md"
+    args = ["debug=smoke", "model=vit_ti16", f"finetune={finetune}", "--phases", "--images", "16", "--repeats", "1"]
+    assert main(args + ["--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.split()[:1]}
+    expected = ["cache", "train", "evaluate", "analysis", "predict"]
+    expected = {"top4": expected, "full": expected[1:], "frozen": expected[2:]}[finetune]  # what the run computes
+    assert [p for p in rows if p in expected] == expected and len(expected) == phases
+    for phase in expected:
+        fp32, bf16, ratio = map(float, rows[phase])
+        assert fp32 > 0 and bf16 > 0 and ratio == pytest.approx(bf16 / fp32, rel=0.02, abs=0.006)  # of rounded numbers
+    md = out.read_text()
+    assert "| phase | 32-true images/s | bf16-mixed images/s | bf16-mixed / 32-true |" in md
+    assert "First call of each phase" in md and "--phases" in md
+
+
+def test_phase_variants_run_in_their_precision():
+    from gnr650.tools.bench_phases import Variant
+
+    layer = torch.nn.Linear(4, 2)
+    for precision, dtype in (("32-true", torch.float32), ("bf16-mixed", torch.bfloat16)):
+        with Variant(precision, False).autocast(torch.device("cpu")):
+            assert layer(torch.ones(1, 4)).dtype == dtype
