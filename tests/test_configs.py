@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_object
 from omegaconf import OmegaConf
@@ -71,6 +73,24 @@ def test_default_config_is_study_two(tmp_path):
         "vit_b16",
         "last",
     )
+
+
+def test_full_size_study_two_is_the_seeds_setting(tmp_path):
+    """experiment=eurosat-vit-full: ViT-Ti/16 at 224 px, all of EuroSAT split 60/20/20, 10 epochs, the seed's
+    optimiser and batch, precision picked by the hardware, the four strategies as its sweep."""
+    cfg = make_cfg(["experiment=eurosat-vit-full"], tmp_path)
+    assert (cfg.model.name, cfg.model.img_size, cfg.dataset.fraction, list(cfg.dataset.ratios)) == (
+        "vit_ti16",
+        224,
+        1.0,
+        [0.6, 0.2, 0.2],
+    )
+    assert (cfg.trainer.max_epochs, cfg.batch_size, cfg.trainer.precision) == (10, 128, "auto")
+    assert (cfg.optimizer.lr_head, cfg.optimizer.lr_backbone, cfg.optimizer.weight_decay) == (1e-3, 1e-4, 0.05)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        sweep = compose("train", overrides=["experiment=eurosat-vit-full"], return_hydra_config=True)
+    assert sweep.hydra.sweeper.params.finetune == "last,top4,full,frozen"
 
 
 def test_data_dir_follows_environment(tmp_path, monkeypatch):

@@ -66,3 +66,24 @@ def test_strategy_sweep_on_eurosat_with_local_vit_weights(tmp_path):
     assert results["full"]["metrics"]["test/acc"] > results["frozen"]["metrics"]["test/acc"] + 0.3
     assert results["last"]["metrics"]["test/acc"] > results["frozen"]["metrics"]["test/acc"] + 0.2
     assert (sweep / "summary.md").read_text().count("finetune=") >= 4
+
+
+@pytest.mark.skipif(real_weights() is None, reason="GNR650_WEIGHTS_DIR has no vit_tiny_patch16_224.safetensors")
+def test_full_size_study_two_preset_runs_as_the_readme_shows(tmp_path):
+    """README's `python train.py -m experiment=eurosat-vit-full`, cut down (1% of the images, 32 px, one epoch):
+    the four jobs complete at the precision auto picks here, on the seed's split proportions."""
+    from gnr650.training.precision import resolve_precision
+
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "experiment=eurosat-vit-full", "dataset.fraction=0.01"]
+    cmd += ["model.img_size=32", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    cmd += ["callbacks=default", f"hydra.sweep.dir={sweep}"]
+    env = dict(os.environ, GNR650_WEIGHTS_DIR=str(real_weights().parent))
+    subprocess.run(cmd, check=True, cwd=tmp_path, env=env, timeout=1200)
+    results = {r["finetune"]: r for r in (json.loads(p.read_text()) for p in sweep.glob("*/results.json"))}
+    assert sorted(results) == ["frozen", "full", "last", "top4"]
+    used = resolve_precision("auto", "cpu")[0]
+    for r in results.values():
+        assert r["status"] == "completed" and r["model"] == "vit_ti16" and r["precision"]["used"] == used
+        assert r["data"]["sizes"] == {"train": 162, "val": 54, "test": 54}  # 270 images split 60/20/20
+    assert (sweep / "report.html").is_file()

@@ -50,6 +50,7 @@ from gnr650.tools import bench_phases
 from gnr650.train import build, train
 from gnr650.training import on_gpu
 from gnr650.training.optim import adamw_warmup_cosine
+from gnr650.training.precision import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
@@ -192,6 +193,11 @@ def _device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda" if on_gpu(cfg.trainer.get("accelerator", "auto")) else "cpu")
 
 
+def _precision(cfg: DictConfig) -> str:
+    """The precision the run trains at (``auto`` resolved for this machine)."""
+    return resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))[0]
+
+
 def _autocast(precision: str, device: torch.device):
     if precision in ("32-true", "32"):
         return nullcontext()
@@ -215,7 +221,7 @@ def run_plain(cfg: DictConfig) -> Run:
         optimizer, schedule = adamw_warmup_cosine(
             net, built.head, cfg.optimizer, epochs * math.ceil(n / batch), epochs, device, module.lr_scales
         )
-        autocast = lambda: _autocast(str(cfg.trainer.precision), device)  # noqa: E731
+        autocast = lambda: _autocast(_precision(cfg), device)  # noqa: E731
 
         def evaluate(name: str) -> dict[str, torch.Tensor]:
             set_mode(net, trainable, False)
@@ -346,7 +352,7 @@ def report(args, cfg: DictConfig, n_train: int, stats: dict[str, dict]) -> tuple
     head = (
         f"{cfg.model.name} on {cfg.dataset._target_.rsplit('.', 1)[-1]} ({n_train} train images), "
         f"finetune={cfg.finetune.name}, "
-        f"batch {cfg.batch_size}, precision {cfg.trainer.precision}, device {_device(cfg).type}, "
+        f"batch {cfg.batch_size}, precision {_precision(cfg)}, device {_device(cfg).type}, "
         f"{cfg.trainer.max_epochs} epochs x {args.repeats} alternating repeats, mode {args.mode}"
     )
     rows = [("framework (train.py)", a), ("plain PyTorch loop", b)]
@@ -432,7 +438,7 @@ def run_strategies(args: argparse.Namespace) -> tuple[str, str]:
     cfg = cfgs[names[0]]
     head = (
         f"{cfg.model.name} at {cfg.model.get('img_size')} px on {cfg.dataset._target_.rsplit('.', 1)[-1]} "
-        f"({base['notes']['n_train']} train images), batch {cfg.batch_size}, precision {cfg.trainer.precision}, "
+        f"({base['notes']['n_train']} train images), batch {cfg.batch_size}, precision {_precision(cfg)}, "
         f"device {_device(cfg).type}, {args.epochs} epochs (first left out) x {args.repeats} repeats, rotating order"
     )
     rows = []

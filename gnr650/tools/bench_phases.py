@@ -25,6 +25,7 @@ from gnr650.finetune.feature_cache import FeatureCacheError, cut_network
 from gnr650.finetune.strategies import set_mode
 from gnr650.interpret.attention import attention_layers, unfused
 from gnr650.train import build
+from gnr650.training import on_gpu
 from gnr650.training.optim import adamw_warmup_cosine
 from gnr650.training.precision import resolve_precision
 
@@ -84,14 +85,13 @@ def phase_runners(cfg: DictConfig, variant: Variant, images: int, device: torch.
         return images
 
     def cache() -> int:
-        """The frozen prefix over the images, stored as the feature cache stores it (bf16 under bf16)."""
+        """The frozen prefix over the images, kept as the feature cache keeps it (in the dtype it returns)."""
         set_mode(net, trainable, False)
-        dtype = torch.bfloat16 if variant.precision == "bf16-mixed" else torch.float32
         features.clear()
         with torch.inference_mode():
             for i in range(0, images, dm.eval_batch_size):
                 with autocast():
-                    features.append(cut.prefix(preprocess(data[i : i + dm.eval_batch_size])).to(dtype))
+                    features.append(cut.prefix(preprocess(data[i : i + dm.eval_batch_size])))
         return images
 
     if trainable:
@@ -134,7 +134,7 @@ def phase_runners(cfg: DictConfig, variant: Variant, images: int, device: torch.
 
 def measure(cfg: DictConfig, variants: list[Variant], images: int, repeats: int) -> dict[str, dict[str, dict]]:
     """{phase: {variant label: {"images_s": best, "first_s": the first call (compile time included)}}}."""
-    device = torch.device("cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda") else "cpu")
+    device = torch.device("cuda" if on_gpu(cfg.trainer.get("accelerator", "auto")) else "cpu")
     runners = {v.label: phase_runners(cfg, v, images, device) for v in variants}
     order = [p for p in ("cache", "train", "evaluate", "analysis", "predict") if p in runners[variants[0].label]]
     results: dict[str, dict[str, dict]] = {p: {} for p in order}
