@@ -18,12 +18,12 @@ bench() { echo "[cpu_precision_benchmarks] gnr650-bench $*"; "$PYTHON" scripts/b
 
 for step in $STEPS; do
   case $step in
-    resnet18) bench experiment=overfit-resnet18 --phases --images 1024 --compile ;;
-    ti224_full) bench "${VIT[@]}" finetune=full --phases --images 128 --compile ;;
-    ti224_top4) bench "${VIT[@]}" finetune=top4 --phases --images 256 ;;
-    ti224_lora) bench "${VIT[@]}" finetune=lora --phases --images 128 ;;
-    ti112_full) bench "${VIT[@]}" finetune=full model.img_size=112 --phases --images 256 ;;
-    ti224_eval512) bench "${VIT[@]}" finetune=frozen eval_batch_size=512 --phases --images 1024 ;;
+    resnet18) bench experiment=overfit-resnet18 --phases --images 512 --repeats 2 --compile ;;
+    ti224_full) bench "${VIT[@]}" finetune=full --phases --images 128 --repeats 2 --compile ;;
+    ti224_top4) bench "${VIT[@]}" finetune=top4 --phases --images 256 --repeats 2 ;;
+    ti224_lora) bench "${VIT[@]}" finetune=lora --phases --images 128 --repeats 2 ;;
+    ti112_full) bench "${VIT[@]}" finetune=full model.img_size=112 --phases --images 256 --repeats 2 ;;
+    ti224_eval512) bench "${VIT[@]}" finetune=frozen eval_batch_size=512 --phases --images 512 --repeats 2 ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
 done

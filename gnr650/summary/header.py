@@ -88,6 +88,12 @@ def _learning_rates(job: Job) -> str | None:
     return f"head {head:g}, backbone {backbone:g}" if head is not None and backbone is not None else None
 
 
+def _precision(job: Job) -> str | None:
+    """What the run trained at (``trainer.precision=auto`` resolved), else the configured value."""
+    used = (job.results.get("precision") or {}).get("used")
+    return used or setting(job, "trainer.precision")
+
+
 def _commit(job: Job) -> str | None:
     prov = job.results.get("provenance") or {}
     commit = prov.get("commit")
@@ -115,7 +121,7 @@ def _total_s(job: Job) -> float | None:
 
 
 def header(jobs: list[Job]) -> list[tuple[str, str]]:
-    """(field, value) rows: task, model, data, splits, strategies, epochs, learning rates, seeds, commit,
+    """(field, value) rows: task, model, data, splits, strategies, epochs, learning rates, precision, seeds, commit,
     versions, machine, wall time."""
     times = [t for job in jobs if (t := _total_s(job)) is not None]
     if len(jobs) == 1:
@@ -132,6 +138,7 @@ def header(jobs: list[Job]) -> list[tuple[str, str]]:
         ("Strategy" if len(jobs) == 1 else "Strategies", _distinct(jobs, lambda j: j.results.get("finetune"))),
         ("Epochs trained", _distinct(jobs, _epochs)),
         ("Learning rates", _distinct(jobs, _learning_rates)),
+        ("Precision", _distinct(jobs, _precision)),
         ("Seed" if len(jobs) == 1 else "Seeds", _distinct(jobs, lambda j: j.results.get("seed"))),
         ("Commit", _distinct(jobs, _commit)),
         ("Versions", _distinct(jobs, _versions)),
