@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +49,7 @@ from gnr650.tools import bench_phases
 from gnr650.train import build, train
 from gnr650.training import on_gpu
 from gnr650.training.optim import adamw_warmup_cosine
+from gnr650.training.precision import autocast as precision_autocast
 from gnr650.training.precision import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,14 +198,6 @@ def _precision(cfg: DictConfig) -> str:
     return resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))[0]
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision in ("32-true", "32"):
-        return nullcontext()
-    if precision == "bf16-mixed":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise ValueError(f"The plain loop runs trainer.precision 32-true or bf16-mixed (got {precision}).")
-
-
 def run_plain(cfg: DictConfig) -> Run:
     """The hand-written loop: slice batches from the tensors, preprocess on the device, step, evaluate."""
     device = _device(cfg)
@@ -221,7 +213,7 @@ def run_plain(cfg: DictConfig) -> Run:
         optimizer, schedule = adamw_warmup_cosine(
             net, built.head, cfg.optimizer, epochs * math.ceil(n / batch), epochs, device, module.lr_scales
         )
-        autocast = lambda: _autocast(_precision(cfg), device)  # noqa: E731
+        autocast = lambda: precision_autocast(_precision(cfg), device)  # noqa: E731
 
         def evaluate(name: str) -> dict[str, torch.Tensor]:
             set_mode(net, trainable, False)

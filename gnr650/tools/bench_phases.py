@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +26,7 @@ from gnr650.interpret.attention import attention_layers, unfused
 from gnr650.train import build
 from gnr650.training import on_gpu
 from gnr650.training.optim import adamw_warmup_cosine
+from gnr650.training.precision import autocast as precision_autocast
 from gnr650.training.precision import resolve_precision
 
 PREDICT_BATCH = 64  # gnr650.inference.predict.predict_files' default
@@ -42,9 +42,6 @@ class Variant:
     @property
     def label(self) -> str:
         return f"{self.precision}{' compiled' if self.compiled else ''}"
-
-    def autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16) if self.precision == "bf16-mixed" else nullcontext()
 
 
 def _timed(fn: Callable[[], int]) -> tuple[float, int]:
@@ -72,7 +69,7 @@ def phase_runners(cfg: DictConfig, variant: Variant, images: int, device: torch.
     suffix: Callable | None = None
     if cut is not None:
         suffix = torch.compile(cut.suffix) if variant.compiled else cut.suffix
-    autocast = lambda: variant.autocast(device)  # noqa: E731
+    autocast = lambda: precision_autocast(variant.precision, device)  # noqa: E731
     features: list[torch.Tensor] = []
 
     def forward_all(fn: Callable, batch: int) -> int:
@@ -87,11 +84,12 @@ def phase_runners(cfg: DictConfig, variant: Variant, images: int, device: torch.
     def cache() -> int:
         """The frozen prefix over the images, kept as the feature cache keeps it (in the dtype it returns)."""
         set_mode(net, trainable, False)
-        features.clear()
         with torch.inference_mode():
+            parts = []
             for i in range(0, images, dm.eval_batch_size):
                 with autocast():
-                    features.append(cut.prefix(preprocess(data[i : i + dm.eval_batch_size])))
+                    parts.append(cut.prefix(preprocess(data[i : i + dm.eval_batch_size])))
+        features[:] = [torch.cat(parts).clone()]  # a normal tensor (an inference tensor cannot take part in training)
         return images
 
     if trainable:
@@ -102,7 +100,7 @@ def phase_runners(cfg: DictConfig, variant: Variant, images: int, device: torch.
     def train() -> int:
         set_mode(net, trainable, True)
         n = 0
-        cached = torch.cat(features).clone() if cut is not None else None  # inference tensors cannot train
+        cached = features[0] if cut is not None else None
         for i in range(0, images - cfg.batch_size + 1, cfg.batch_size):
             y = labels[i : i + cfg.batch_size]
             with autocast():

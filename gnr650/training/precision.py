@@ -7,6 +7,7 @@ Without AMX tiles the bf16 speed-up was not measured, so ``auto`` stays at fp32 
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -41,3 +42,12 @@ def resolve_precision(requested: str | int, accelerator: str) -> tuple[str, str]
             "ViT-Ti/16 at 224 px; docs/benchmarks.md)"
         )
     return FP32, "auto: this CPU has no AMX bf16 matrix units, where bf16 was not measured to pay; fp32"
+
+
+def autocast(precision: str, device: torch.device) -> AbstractContextManager:
+    """The autocast a hand-written loop needs to compute as Lightning does at ``precision`` (benchmarks)."""
+    if precision in ("32-true", "32"):
+        return nullcontext()
+    if precision == BF16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"The plain loop runs trainer.precision 32-true or bf16-mixed (got {precision}).")

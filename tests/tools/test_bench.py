@@ -85,10 +85,12 @@ def test_phases_mode_times_every_phase_at_each_precision(finetune, phases, tmp_p
     assert "First call of each phase" in md and "--phases" in md
 
 
-def test_phase_variants_run_in_their_precision():
-    from gnr650.tools.bench_phases import Variant
+def test_the_hand_written_loops_autocast_as_lightning_does():
+    from gnr650.training.precision import autocast
 
     layer = torch.nn.Linear(4, 2)
     for precision, dtype in (("32-true", torch.float32), ("bf16-mixed", torch.bfloat16)):
-        with Variant(precision, False).autocast(torch.device("cpu")):
+        with autocast(precision, torch.device("cpu")):
             assert layer(torch.ones(1, 4)).dtype == dtype
+    with pytest.raises(ValueError, match="32-true or bf16-mixed"):
+        autocast("16-mixed", torch.device("cpu"))
