@@ -219,7 +219,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             KNNBank(built.head[-1], KNNClassifier(dm.num_classes, **knn), len(dm.split("train"))) if knn else None
         )
         callbacks = configured + [c for c in (cache, knn_bank) if c] + control.callbacks + [epoch_log] + progress
-        precision, why = resolve_precision(cfg.trainer.get("precision", FP32), cfg.trainer.get("accelerator", "auto"))
+        precision, why = resolve_precision(
+            cfg.trainer.get("precision", FP32), cfg.trainer.get("accelerator", "auto"), built.net
+        )
         log.info("Precision %s (%s).", precision, why)
         results["precision"] = {"used": precision, "why": why}
         trainer: pl.Trainer = instantiate(

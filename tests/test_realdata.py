@@ -72,7 +72,7 @@ def test_strategy_sweep_on_eurosat_with_local_vit_weights(tmp_path):
 def test_full_size_study_two_preset_runs_as_the_readme_shows(tmp_path):
     """README's `python train.py -m experiment=eurosat-vit-full`, cut down (1% of the images, 32 px, one epoch):
     the four jobs complete at the precision auto picks here, on the seed's split proportions."""
-    from gnr650.training.precision import resolve_precision
+    from gnr650.training.precision import cpu_has_amx_bf16
 
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", "experiment=eurosat-vit-full", "dataset.fraction=0.01"]
@@ -82,7 +82,7 @@ def test_full_size_study_two_preset_runs_as_the_readme_shows(tmp_path):
     subprocess.run(cmd, check=True, cwd=tmp_path, env=env, timeout=1200)
     results = {r["finetune"]: r for r in (json.loads(p.read_text()) for p in sweep.glob("*/results.json"))}
     assert sorted(results) == ["frozen", "full", "last", "top4"]
-    used = resolve_precision("auto", "cpu")[0]
+    used = "bf16-mixed" if cpu_has_amx_bf16() else "32-true"  # a ViT: bf16 wherever AMX is there
     for r in results.values():
         assert r["status"] == "completed" and r["model"] == "vit_ti16" and r["precision"]["used"] == used
         assert r["data"]["sizes"] == {"train": 162, "val": 54, "test": 54}  # 270 images split 60/20/20

@@ -50,7 +50,7 @@ def evaluate(
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
-        precision=resolve_precision(requested, accelerator)[0],
+        precision=resolve_precision(requested, accelerator, run.net)[0],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -193,11 +193,6 @@ def _device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda" if on_gpu(cfg.trainer.get("accelerator", "auto")) else "cpu")
 
 
-def _precision(cfg: DictConfig) -> str:
-    """The precision the run trains at (``auto`` resolved for this machine)."""
-    return resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))[0]
-
-
 def run_plain(cfg: DictConfig) -> Run:
     """The hand-written loop: slice batches from the tensors, preprocess on the device, step, evaluate."""
     device = _device(cfg)
@@ -213,7 +208,8 @@ def run_plain(cfg: DictConfig) -> Run:
         optimizer, schedule = adamw_warmup_cosine(
             net, built.head, cfg.optimizer, epochs * math.ceil(n / batch), epochs, device, module.lr_scales
         )
-        autocast = lambda: precision_autocast(_precision(cfg), device)  # noqa: E731
+        precision, _ = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, net)  # as train() does
+        autocast = lambda: precision_autocast(precision, device)  # noqa: E731
 
         def evaluate(name: str) -> dict[str, torch.Tensor]:
             set_mode(net, trainable, False)
@@ -344,7 +340,7 @@ def report(args, cfg: DictConfig, n_train: int, stats: dict[str, dict]) -> tuple
     head = (
         f"{cfg.model.name} on {cfg.dataset._target_.rsplit('.', 1)[-1]} ({n_train} train images), "
         f"finetune={cfg.finetune.name}, "
-        f"batch {cfg.batch_size}, precision {_precision(cfg)}, device {_device(cfg).type}, "
+        f"batch {cfg.batch_size}, precision {cfg.trainer.precision}, device {_device(cfg).type}, "
         f"{cfg.trainer.max_epochs} epochs x {args.repeats} alternating repeats, mode {args.mode}"
     )
     rows = [("framework (train.py)", a), ("plain PyTorch loop", b)]
@@ -430,7 +426,7 @@ def run_strategies(args: argparse.Namespace) -> tuple[str, str]:
     cfg = cfgs[names[0]]
     head = (
         f"{cfg.model.name} at {cfg.model.get('img_size')} px on {cfg.dataset._target_.rsplit('.', 1)[-1]} "
-        f"({base['notes']['n_train']} train images), batch {cfg.batch_size}, precision {_precision(cfg)}, "
+        f"({base['notes']['n_train']} train images), batch {cfg.batch_size}, precision {cfg.trainer.precision}, "
         f"device {_device(cfg).type}, {args.epochs} epochs (first left out) x {args.repeats} repeats, rotating order"
     )
     rows = []
@@ -462,7 +458,7 @@ def run_strategies(args: argparse.Namespace) -> tuple[str, str]:
 def run_phases(args: argparse.Namespace) -> tuple[str, str]:
     """Each phase's images/s at each precision (and compiled), alternating in one process."""
     cfg = compose_cfg(args.overrides, None)
-    variants = bench_phases.variants_from(args, cfg)
+    variants = bench_phases.variants_from(args)
     results = bench_phases.measure(cfg, variants, args.images, args.repeats)
     setting = (
         f"{cfg.model.name} at {cfg.model.get('img_size') or 'native'} px, finetune={cfg.finetune.name}, batch "

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from gnr650.errors import UserError
 from gnr650.finetune.feature_cache import FeatureCacheError, cut_network
 from gnr650.finetune.strategies import set_mode
 from gnr650.interpret.attention import attention_layers, unfused
@@ -27,9 +28,12 @@ from gnr650.train import build
 from gnr650.training import on_gpu
 from gnr650.training.optim import adamw_warmup_cosine
 from gnr650.training.precision import autocast as precision_autocast
-from gnr650.training.precision import resolve_precision
 
 PREDICT_BATCH = 64  # gnr650.inference.predict.predict_files' default
+
+
+class BenchSettingError(ValueError, UserError):
+    """A gnr650-bench option that cannot be measured as given."""
 
 
 @dataclass
@@ -151,8 +155,14 @@ def measure(cfg: DictConfig, variants: list[Variant], images: int, repeats: int)
     return results
 
 
-def variants_from(args: argparse.Namespace, cfg: DictConfig) -> list[Variant]:
-    precisions = [resolve_precision(p, cfg.trainer.get("accelerator", "auto"))[0] for p in args.precisions.split(",")]
+def variants_from(args: argparse.Namespace) -> list[Variant]:
+    """--precisions (explicit values: which one ``auto`` picks is what they measure), each also compiled."""
+    precisions = [p for p in args.precisions.split(",") if p]
+    if not precisions or "auto" in precisions:
+        raise BenchSettingError(
+            f"--precisions takes trainer.precision values to compare, such as 32-true,bf16-mixed (got "
+            f"{args.precisions!r}); auto is not one: it picks among them per machine and network."
+        )
     chosen = [Variant(p, False) for p in dict.fromkeys(precisions)]
     return chosen + ([Variant(p.precision, True) for p in chosen] if args.compile else [])
 

@@ -94,3 +94,12 @@ def test_the_hand_written_loops_autocast_as_lightning_does():
             assert layer(torch.ones(1, 4)).dtype == dtype
     with pytest.raises(ValueError, match="32-true or bf16-mixed"):
         autocast("16-mixed", torch.device("cpu"))
+
+
+def test_phases_refuse_auto_as_a_precision_to_compare(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        main(["debug=smoke", "--phases", "--precisions", "32-true,auto", "--out", str(tmp_path / "b.md")])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "--precisions takes trainer.precision values" in err, err
+    assert not (tmp_path / "b.md").exists()
