@@ -508,18 +508,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     """Run the comparison ``args`` asks for, print it and record it in ``args.out``."""
-    if args.phases:
-        text, section = run_phases(args)
-        print(text)
-        write_markdown(args.out, section)
-        print(f"[bench] recorded in {args.out}")
-        return 0
-    if args.strategies:
-        text, section = run_strategies(args)
-        print(text)
-        write_markdown(args.out, section)
-        print(f"[bench] recorded in {args.out}")
-        return 0
+    measure = run_phases if args.phases else run_strategies if args.strategies else run_loops
+    text, section = measure(args)
+    print(text)
+    write_markdown(args.out, section)
+    print(f"[bench] recorded in {args.out}")
+    return 0
+
+
+def run_loops(args: argparse.Namespace) -> tuple[str, str]:
+    """The framework against the plain loop, alternating (ABBA)."""
     cfg = compose_cfg(args.overrides, args.epochs if args.mode == "epoch" else None)
     runs: dict[str, list[Run]] = {"framework": [], "plain": []}
     with tempfile.TemporaryDirectory(prefix="gnr650-bench-") as tmp:
@@ -534,8 +532,4 @@ def bench(args: argparse.Namespace) -> int:
                 )
     n_train = runs["plain"][0].notes["n_train"]
     stats = {k: summarize(v, n_train, skip_first=args.mode == "epoch") for k, v in runs.items()}
-    text, section = report(args, cfg, n_train, stats)
-    print(text)
-    write_markdown(args.out, section)
-    print(f"[bench] recorded in {args.out}")
-    return 0
+    return report(args, cfg, n_train, stats)
