@@ -57,7 +57,7 @@ def resolve_precision(requested: str | int, accelerator: str, net: nn.Module | N
 
 def autocast(precision: str, device: torch.device) -> AbstractContextManager:
     """The autocast a hand-written loop needs to compute as Lightning does at ``precision`` (benchmarks)."""
-    if precision in ("32-true", "32"):
+    if precision in (FP32, "32"):
         return nullcontext()
     if precision == BF16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
