@@ -49,6 +49,7 @@ from gnr650.summary.run_report import write_run_report
 from gnr650.training import ClassificationModule, DevicePreprocess, epoch_progress_bar, use_channels_last
 from gnr650.training.head_grid import HeadGridModule
 from gnr650.training.learning import learning_warnings
+from gnr650.training.optim import check_algorithm
 from gnr650.training.precision import FP32, resolve_precision
 from gnr650.training.progress import EpochLog
 
@@ -156,6 +157,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     out = Path(cfg.paths.output_dir)
     check_writable(out)
+    check_algorithm(cfg.optimizer.algorithm)
     results: dict[str, Any] = {
         "status": "running",
         "error": None,

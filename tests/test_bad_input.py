@@ -33,6 +33,7 @@ from gnr650.finetune.strategies import StrategyError
 from gnr650.models import WeightsError, build_resnet18, build_vit
 from gnr650.runs.preflight import PreflightError
 from gnr650.train import train
+from gnr650.training.optim import OptimizerSettingError
 from tests.helpers import ROOT, RunsCodeWhenUnpickled, make_cfg, write_image
 
 RNG = np.random.default_rng(0)
@@ -287,6 +288,14 @@ def test_output_directory_that_is_not_writable(tmp_path):
         locked.mkdir(mode=0o555)
         with pytest.raises(PreflightError, match=rf"'{locked}' is not writable"):
             train(make_cfg(["debug=smoke", "model=resnet18"], locked))
+
+
+def test_unknown_optimizer_is_refused_before_any_data_is_read(tmp_path, monkeypatch):
+    import gnr650.train as train_module
+
+    monkeypatch.setattr(train_module, "build", lambda cfg: pytest.fail("the data were read"))
+    with pytest.raises(OptimizerSettingError, match=r"optimizer.algorithm='adam' is not one of adamw, sgd"):
+        train(make_cfg(["debug=smoke", "model=resnet18", "optimizer.algorithm=adam"], tmp_path / "run"))
 
 
 def test_results_are_not_lost_when_results_json_cannot_be_written(tmp_path, monkeypatch, caplog):

@@ -93,6 +93,39 @@ def test_full_size_study_two_is_the_seeds_setting(tmp_path):
     assert sweep.hydra.sweeper.params.finetune == "last,top4,full,frozen"
 
 
+SHARED = {"algorithm": "adamw", "lr_head": 1e-3, "lr_backbone": 1e-4, "weight_decay": 0.05}
+RECIPES = {  # each strategy's optimizer, from its paper (configs/recipe/<finetune>.yaml), written out by hand
+    "bitfit": {**SHARED, "lr_head": 3e-3, "lr_backbone": 3e-3},
+    "norm": {**SHARED, "lr_head": 3e-3, "lr_backbone": 3e-3},
+    "lora": SHARED,
+    "llrd": {**SHARED, "lr_head": 2.5e-4, "lr_backbone": 2.5e-4},
+    "vpt": {"algorithm": "sgd", "lr_head": 0.05, "lr_backbone": 1e-4, "weight_decay": 1e-4},
+    "vpt_deep": {"algorithm": "sgd", "lr_head": 0.05, "lr_backbone": 1e-4, "weight_decay": 1e-4},
+}
+
+
+def _optimizer(cfg) -> dict:
+    return {key: cfg.optimizer[key] for key in SHARED}
+
+
+@pytest.mark.parametrize("experiment", [None, "eurosat-vit", "eurosat-vit-strategies", "eurosat-vit-full"])
+@pytest.mark.parametrize("finetune", sorted(p.stem for p in (CONFIGS / "finetune").glob("*.yaml")))
+def test_each_strategy_trains_at_its_own_recipe_and_the_seeds_four_at_the_shared_one(experiment, finetune, tmp_path):
+    """The seed's strategies (and those with nothing of their own to train) keep train.yaml's optimizer; the others
+    get their paper's, in every study-2 experiment (an experiment's own optimizer block would hide it)."""
+    cfg = make_cfg([f"finetune={finetune}"] + ([f"experiment={experiment}"] if experiment else []), tmp_path)
+    assert _optimizer(cfg) == RECIPES.get(finetune, SHARED)
+    assert cfg.optimizer.momentum == 0.9
+
+
+def test_recipe_shared_and_the_command_line_win_over_a_strategys_recipe(tmp_path):
+    assert _optimizer(make_cfg(["finetune=bitfit", "recipe=shared"], tmp_path)) == SHARED
+    cfg = make_cfg(["finetune=vpt", "optimizer.lr_head=0.5", "experiment=eurosat-vit"], tmp_path)
+    assert (cfg.optimizer.algorithm, cfg.optimizer.lr_head) == ("sgd", 0.5)
+    study1 = make_cfg(["experiment=overfit-resnet18"], tmp_path)  # study 1 keeps its own rates
+    assert (study1.finetune.name, study1.optimizer.lr_head, study1.optimizer.lr_backbone) == ("full", 1e-3, 1e-3)
+
+
 def test_data_dir_follows_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("GNR650_DATA_DIR", str(tmp_path / "somewhere"))
     monkeypatch.setenv("GNR650_WEIGHTS_DIR", str(tmp_path / "weights"))

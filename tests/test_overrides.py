@@ -50,6 +50,14 @@ def test_misspelt_option_names_the_close_one():
     assert "finetune=vpt?" in refused(["finetune=vtp"])
 
 
+def test_misspelt_option_of_an_optional_group_is_refused_too():
+    """``recipe`` is optional in the defaults list (strategies without a recipe of their own have no file), so
+    Hydra would compose ``recipe=sharde`` silently without one."""
+    message = refused(["finetune=bitfit", "recipe=sharde"])
+    assert "recipe=shared?" in message and "bitfit" in message
+    check_command_line(["finetune=bitfit", "recipe=shared"], CONFIG_DIR, "train")
+
+
 @pytest.mark.parametrize(
     "added,why",
     [

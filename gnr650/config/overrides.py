@@ -69,6 +69,9 @@ def check_command_line(argv: list[str], config_dir: Path, config_name: str) -> N
 
 def check_single_run(overrides: list[str], config_dir: Path, config_name: str) -> None:
     """``check_command_line`` for one run's overrides (no sweeps)."""
+    missing = missing_group_option(overrides, config_dir)
+    if missing:
+        raise ConfigKeyError(missing)
     try:
         cfg = _compose(config_dir, config_name, overrides)
     except MissingConfigException as error:
@@ -116,6 +119,20 @@ def single_runs(overrides: list[str], config_dir: Path) -> Iterator[list[str]]:
 def _compose(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         return compose(config_name, overrides=overrides)
+
+
+def missing_group_option(overrides: list[str], config_dir: Path) -> str | None:
+    """The message for ``group=option`` where the group's folder has no such option. Hydra says so itself, except
+    for a group its defaults list marks ``optional`` (``recipe``), where a misspelt option would silently do nothing."""
+    for override in OverridesParser.create().parse_overrides(overrides):
+        group, option = override.key_or_group, override.value()
+        if override.is_delete() or group.startswith("hydra") or not isinstance(option, str):
+            continue
+        folder = config_dir / group
+        if folder.is_dir() and not (folder / f"{option}.yaml").is_file():
+            options = sorted(f.stem for f in folder.glob("*.yaml"))
+            return missing_option_hint(MissingConfigException("", f"{group}/{option}", options))
+    return None
 
 
 def missing_option_hint(error: MissingConfigException) -> str | None:

@@ -70,12 +70,14 @@ class FinetuneSchema:
 
 @dataclass
 class OptimizerSchema:
-    """The ``optimizer`` node: AdamW and its warm-up + cosine schedule (gnr650/training/optim.py)."""
+    """The ``optimizer`` node: AdamW or SGD and its warm-up + cosine schedule (gnr650/training/optim.py)."""
 
+    algorithm: str = MISSING  # adamw or sgd (checked by gnr650/training/optim.py)
     lr_head: float = MISSING
     lr_backbone: float = MISSING
     weight_decay: float = MISSING
     betas: list[float] = MISSING
+    momentum: float = MISSING
     warmup_epochs: float = MISSING
     min_lr_ratio: float = MISSING
     label_smoothing: float = MISSING

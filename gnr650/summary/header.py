@@ -16,6 +16,7 @@ from gnr650.summary.tables import MISSING, duration
 
 NOT_RECORDED = "not recorded"
 VERSIONS = ("torch", "timm", "pytorch_lightning", "gnr650")
+ALGORITHM_NAMES = {"adamw": "AdamW", "sgd": "SGD"}
 
 
 def setting(job: Job, key: str) -> Any:
@@ -81,11 +82,19 @@ def _epochs(job: Job) -> str | None:
     return f"{trained if trained is not None else MISSING} of {planned if planned is not None else MISSING}"
 
 
-def _learning_rates(job: Job) -> str | None:
+def _optimizer(job: Job) -> str | None:
     head, backbone = setting(job, "optimizer.lr_head"), setting(job, "optimizer.lr_backbone")
-    if head is None and backbone is None:
+    if head is None or backbone is None:
         return None
-    return f"head {head:g}, backbone {backbone:g}" if head is not None and backbone is not None else None
+    algorithm = setting(job, "optimizer.algorithm") or "adamw"  # runs saved before the setting existed used AdamW
+    return f"{ALGORITHM_NAMES.get(algorithm, algorithm)}, head {head:g}, backbone {backbone:g}"
+
+
+def _optimizers(jobs: list[Job]) -> str:
+    """One optimizer for all jobs, or each strategy's (its own recipe, configs/recipe/) named by the strategy."""
+    if len({_optimizer(job) for job in jobs}) <= 1:
+        return _distinct(jobs, _optimizer)
+    return _distinct(jobs, lambda j: f"{j.results.get('finetune')}: {_optimizer(j)}" if _optimizer(j) else None)
 
 
 def _precision(job: Job) -> str | None:
@@ -121,8 +130,8 @@ def _total_s(job: Job) -> float | None:
 
 
 def header(jobs: list[Job]) -> list[tuple[str, str]]:
-    """(field, value) rows: task, model, data, splits, strategies, epochs, learning rates, precision, seeds, commit,
-    versions, machine, wall time."""
+    """(field, value) rows: task, model, data, splits, strategies, epochs, optimizer and learning rates, precision,
+    seeds, commit, versions, machine, wall time."""
     times = [t for job in jobs if (t := _total_s(job)) is not None]
     if len(jobs) == 1:
         wall = duration(times[0]) if times else NOT_RECORDED
@@ -137,7 +146,7 @@ def header(jobs: list[Job]) -> list[tuple[str, str]]:
         ("Split sizes", _distinct(jobs, _splits)),
         ("Strategy" if len(jobs) == 1 else "Strategies", _distinct(jobs, lambda j: j.results.get("finetune"))),
         ("Epochs trained", _distinct(jobs, _epochs)),
-        ("Learning rates", _distinct(jobs, _learning_rates)),
+        ("Optimizer", _optimizers(jobs)),
         ("Precision", _distinct(jobs, _precision)),
         ("Seed" if len(jobs) == 1 else "Seeds", _distinct(jobs, lambda j: j.results.get("seed"))),
         ("Commit", _distinct(jobs, _commit)),

@@ -48,7 +48,7 @@ from gnr650.runs import prepare_process, versions
 from gnr650.tools import bench_phases
 from gnr650.train import build, train
 from gnr650.training import on_gpu
-from gnr650.training.optim import adamw_warmup_cosine
+from gnr650.training.optim import warmup_cosine_optimizer
 from gnr650.training.precision import autocast as precision_autocast
 from gnr650.training.precision import resolve_precision
 
@@ -205,7 +205,7 @@ def run_plain(cfg: DictConfig) -> Run:
         data = {name: (dm.split(name).images.to(device), dm.split(name).labels.to(device)) for name in SPLITS}
         images, labels = data["train"]
         batch, n, k = dm.batch_size, len(labels), dm.num_classes
-        optimizer, schedule = adamw_warmup_cosine(
+        optimizer, schedule = warmup_cosine_optimizer(
             net, built.head, cfg.optimizer, epochs * math.ceil(n / batch), epochs, device, module.lr_scales
         )
         precision, _ = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, net)  # as train() does

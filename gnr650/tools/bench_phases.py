@@ -26,7 +26,7 @@ from gnr650.finetune.strategies import set_mode
 from gnr650.interpret.attention import attention_layers, unfused
 from gnr650.train import build
 from gnr650.training import on_gpu
-from gnr650.training.optim import adamw_warmup_cosine
+from gnr650.training.optim import warmup_cosine_optimizer
 from gnr650.training.precision import autocast as precision_autocast
 
 PREDICT_BATCH = 64  # gnr650.inference.predict.predict_files' default
@@ -97,7 +97,7 @@ def phase_runners(cfg: DictConfig, variant: Variant, images: int, device: torch.
         return images
 
     if trainable:
-        optimizer, schedule = adamw_warmup_cosine(
+        optimizer, schedule = warmup_cosine_optimizer(
             net, built.head, cfg.optimizer, 10_000, int(cfg.trainer.max_epochs), device, module.lr_scales
         )
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from gnr650.finetune.strategies import StrategyError
 from gnr650.training.module import ClassificationModule
-from gnr650.training.optim import adamw_warmup_cosine
+from gnr650.training.optim import warmup_cosine_optimizer
 
 
 class HeadGridModule(ClassificationModule):
@@ -90,7 +90,7 @@ class HeadGridModule(ClassificationModule):
     def configure_optimizers(self):
         hp = SimpleNamespace(**{**dict(self.hparams), "lr_head": 1.0})  # each head's lr is its own scale
         names = [(f"{g}.{n}", s) for g, s in enumerate(self.settings) for n, _ in self.grid[g].named_parameters()]
-        optimizer, scheduler = adamw_warmup_cosine(
+        optimizer, scheduler = warmup_cosine_optimizer(
             self.grid,
             [""],
             hp,

@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from gnr650.data import SPLITS
 from gnr650.finetune.strategies import apply_freeze, set_mode
 from gnr650.training.metrics import DeviceAccuracy
-from gnr650.training.optim import adamw_warmup_cosine
+from gnr650.training.optim import warmup_cosine_optimizer
 from gnr650.training.preprocess import DevicePreprocess
 
 # Checkpoint key of the training epoch's loss and accuracy accumulators (see on_save_checkpoint).
@@ -46,7 +46,9 @@ class ClassificationModule(pl.LightningModule):
         lr_head: float = 1e-3,
         lr_backbone: float = 1e-4,
         weight_decay: float = 0.05,
+        algorithm: str = "adamw",
         betas: tuple[float, float] = (0.9, 0.999),
+        momentum: float = 0.9,
         warmup_epochs: float = 1.0,
         min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.0,
@@ -188,7 +190,7 @@ class ClassificationModule(pl.LightningModule):
             self.final_loss[i].reset()
 
     def configure_optimizers(self):
-        optimizer, scheduler = adamw_warmup_cosine(
+        optimizer, scheduler = warmup_cosine_optimizer(
             self.net,
             self.head,
             self.hparams,

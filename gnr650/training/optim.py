@@ -1,4 +1,5 @@
-"""The optimizer of every run: AdamW with a head and a backbone learning rate, warm-up then cosine decay.
+"""The optimizer of every run: AdamW (or SGD with momentum, VPT's) with a head and a backbone learning rate,
+warm-up then cosine decay.
 
 One definition, used by the LightningModule and by the benchmark's plain loop, so the two train alike.
 """
@@ -12,10 +13,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from gnr650.errors import UserError
 from gnr650.finetune.strategies import is_under
 
+ALGORITHMS = ("adamw", "sgd")
 
-def adamw_warmup_cosine(
+
+class OptimizerSettingError(ValueError, UserError):
+    """An ``optimizer`` setting this module cannot build."""
+
+
+def check_algorithm(algorithm: str) -> None:
+    """Refuse an unknown ``optimizer.algorithm`` before any data is read."""
+    if algorithm not in ALGORITHMS:
+        raise OptimizerSettingError(
+            f"optimizer.algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)} (sgd: with optimizer.momentum, "
+            "as VPT trains its prompts)."
+        )
+
+
+def warmup_cosine_optimizer(
     net: nn.Module,
     head: list[str],
     hp: Any,
@@ -24,11 +41,11 @@ def adamw_warmup_cosine(
     device: torch.device,
     lr_scales: Mapping[str, float] | None = None,
     weight_decays: Mapping[str, float] | None = None,
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``net``'s trainable parameters and its per-step schedule.
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """``hp.algorithm`` (``adamw`` or ``sgd``) over ``net``'s trainable parameters and its per-step schedule.
 
-    ``hp`` holds ``lr_head``, ``lr_backbone``, ``weight_decay``, ``betas``, ``warmup_epochs`` and
-    ``min_lr_ratio`` (the ``optimizer`` config). ``head`` modules use ``lr_head``, the rest
+    ``hp`` holds ``algorithm``, ``lr_head``, ``lr_backbone``, ``weight_decay``, ``betas`` (AdamW), ``momentum``
+    (SGD), ``warmup_epochs`` and ``min_lr_ratio`` (the ``optimizer`` config). ``head`` modules use ``lr_head``, the rest
     ``lr_backbone``; biases and norms (parameters of fewer than 2 dimensions) get no weight decay.
     ``lr_scales`` (by parameter name, e.g. layer-wise decay from ``gnr650.finetune``) multiply those rates;
     ``weight_decays`` (by name) replace ``weight_decay`` for those parameters (a grid of heads).
@@ -57,7 +74,12 @@ def adamw_warmup_cosine(
     ]
     # One fused kernel per step on GPU and CPU: on the CPU the per-tensor loop can cost more than the step's
     # convolutions.
-    optimizer = torch.optim.AdamW(param_groups, betas=tuple(hp.betas), fused=device.type in ("cuda", "cpu"))
+    check_algorithm(hp.algorithm)
+    fused = device.type in ("cuda", "cpu")
+    if hp.algorithm == "sgd":
+        optimizer = torch.optim.SGD(param_groups, momentum=hp.momentum, fused=fused)
+    else:
+        optimizer = torch.optim.AdamW(param_groups, betas=tuple(hp.betas), fused=fused)
     total = max(1, int(total_steps))
     warmup = int(round(hp.warmup_epochs * total / max(1, epochs or 1)))
 

@@ -15,7 +15,7 @@ from gnr650.finetune.lora import merge_lora
 from gnr650.finetune.strategies import apply_freeze, evaluating, is_under, set_mode
 from gnr650.interpret.attention import cls_attention, extract_attention, patch_grid, patch_maps
 from gnr650.models import build_resnet18, build_vit
-from gnr650.training.optim import adamw_warmup_cosine
+from gnr650.training.optim import warmup_cosine_optimizer
 from tests.helpers import make_cfg
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["attn.qkv"]}
@@ -35,7 +35,14 @@ EXPECTED = {
 }
 NORMS = (nn.LayerNorm, nn.BatchNorm2d)
 HP = SimpleNamespace(
-    lr_head=1e-2, lr_backbone=1e-3, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=0.0, min_lr_ratio=0.0
+    algorithm="adamw",
+    momentum=0.9,
+    lr_head=1e-2,
+    lr_backbone=1e-3,
+    weight_decay=0.05,
+    betas=(0.9, 0.999),
+    warmup_epochs=0.0,
+    min_lr_ratio=0.0,
 )
 
 
@@ -95,7 +102,7 @@ def _step(built, plan, x):
     """One AdamW step of the training path (freeze, modes, parameter groups) on fixed labels."""
     apply_freeze(built.net, plan.trainable)
     set_mode(built.net, plan.trainable, True)
-    optimizer, _ = adamw_warmup_cosine(built.net, built.head, HP, 10, 1, torch.device("cpu"), plan.lr_scales)
+    optimizer, _ = warmup_cosine_optimizer(built.net, built.head, HP, 10, 1, torch.device("cpu"), plan.lr_scales)
     F.cross_entropy(built.net(x), torch.arange(len(x)) % 10).backward()
     optimizer.step()
 
@@ -187,7 +194,7 @@ def test_llrd_learning_rates_follow_the_formula_and_match_timm(vit_ti):
     built = copy.deepcopy(vit_ti)
     plan = _prepare(built, "llrd")
     apply_freeze(built.net, plan.trainable)
-    optimizer, _ = adamw_warmup_cosine(built.net, built.head, HP, 10, 1, torch.device("cpu"), plan.lr_scales)
+    optimizer, _ = warmup_cosine_optimizer(built.net, built.head, HP, 10, 1, torch.device("cpu"), plan.lr_scales)
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     n, decay = 12, 0.75
     for name, p in built.net.named_parameters():

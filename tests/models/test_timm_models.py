@@ -16,7 +16,7 @@ from gnr650.interpret.analysis import representation_layers
 from gnr650.interpret.index import ArtifactKind, find_artifacts
 from gnr650.models import build_timm
 from gnr650.train import train
-from gnr650.training.optim import adamw_warmup_cosine
+from gnr650.training.optim import warmup_cosine_optimizer
 from tests.finetune.test_zoo import HP, LORA
 from tests.helpers import make_cfg
 
@@ -88,7 +88,7 @@ def test_one_step_changes_only_the_declared_parameters(strategy, convnext):
     apply_freeze(built.net, plan.trainable)
     set_mode(built.net, plan.trainable, True)
     before = {k: v.clone() for k, v in built.net.state_dict().items()}
-    optimizer, _ = adamw_warmup_cosine(built.net, built.head, HP, 10, 1, torch.device("cpu"), plan.lr_scales)
+    optimizer, _ = warmup_cosine_optimizer(built.net, built.head, HP, 10, 1, torch.device("cpu"), plan.lr_scales)
     F.cross_entropy(built.net(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()
     optimizer.step()
     changed = {k for k, v in built.net.state_dict().items() if not torch.equal(v, before[k])}

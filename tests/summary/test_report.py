@@ -86,7 +86,7 @@ def test_the_header_says_what_was_run_and_knn_gets_its_caveat(tmp_path: Path):
         "<dt>Data</dt><dd>EuroSAT; fraction=0.1; 10 classes</dd>",
         "<dt>Split sizes</dt><dd>train 1,620, val 540, test 540</dd>",
         "<dt>Strategies</dt><dd>last, full, frozen, knn</dd>",
-        "<dt>Learning rates</dt><dd>head 0.001, backbone 0.0001</dd>",
+        "<dt>Optimizer</dt><dd>AdamW, head 0.001, backbone 0.0001</dd>",
         "<dt>Precision</dt><dd>bf16-mixed</dd>",  # what auto resolved to, as results.json records it
         "<dt>Commit</dt><dd>0123456789 with uncommitted changes</dd>",
         "<dt>Versions</dt><dd>torch 2.5.1, timm 1.0.11, pytorch_lightning 2.4.0, gnr650 0.1.0</dd>",

@@ -71,3 +71,22 @@ def test_peak_memory_is_the_jobs_own_in_a_shared_process(tmp_path):
     big = torch.ones(2**29)  # 2 GiB, touched: this process's peak is now at least that much higher
     del big
     assert train(make_cfg(overrides, tmp_path / "b"))["peak_memory"] < small + 1024  # MB
+
+
+def test_header_names_each_strategys_optimizer_when_they_differ(tmp_path):
+    """With recipes of their own, strategies train at different rates: the header says whose is whose."""
+    from gnr650.summary.header import header
+
+    optimizers = {
+        "last": {"algorithm": "adamw", "lr_head": 1e-3, "lr_backbone": 1e-4},
+        "vpt": {"algorithm": "sgd", "lr_head": 0.05, "lr_backbone": 1e-4},
+    }
+    for num, (finetune, optimizer) in enumerate(optimizers.items()):
+        job = make_job(tmp_path, num, [f"finetune={finetune}"])
+        results = json.loads((job / "results.json").read_text())
+        results |= {"finetune": finetune, "config": {"optimizer": optimizer}}
+        (job / "results.json").write_text(json.dumps(results))
+    rows = dict(header(collect_jobs(tmp_path)))
+    assert rows["Optimizer"] == "last: AdamW, head 0.001, backbone 0.0001, vpt: SGD, head 0.05, backbone 0.0001"
+    one = dict(header(collect_jobs(tmp_path)[:1]))
+    assert one["Optimizer"] == "AdamW, head 0.001, backbone 0.0001"

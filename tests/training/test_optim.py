@@ -7,10 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from gnr650.training.optim import adamw_warmup_cosine
+from gnr650.training.optim import OptimizerSettingError, warmup_cosine_optimizer
 
 HP = SimpleNamespace(
-    lr_head=1e-2, lr_backbone=1e-4, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=1.0, min_lr_ratio=0.1
+    algorithm="adamw",
+    momentum=0.9,
+    lr_head=1e-2,
+    lr_backbone=1e-4,
+    weight_decay=0.05,
+    betas=(0.9, 0.999),
+    warmup_epochs=1.0,
+    min_lr_ratio=0.1,
 )
 
 
@@ -25,7 +32,7 @@ def _net() -> nn.Module:
 
 def test_groups_split_head_and_backbone_and_exempt_biases_and_norms_from_decay():
     net = _net()
-    optimizer, _ = adamw_warmup_cosine(net, ["head"], HP, total_steps=100, epochs=10, device=torch.device("cpu"))
+    optimizer, _ = warmup_cosine_optimizer(net, ["head"], HP, total_steps=100, epochs=10, device=torch.device("cpu"))
     groups = {g["name"]: g for g in optimizer.param_groups}
     assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
     ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
@@ -38,7 +45,7 @@ def test_groups_split_head_and_backbone_and_exempt_biases_and_norms_from_decay()
 
 
 def test_schedule_warms_up_for_one_epoch_then_decays_by_cosine_to_the_floor():
-    optimizer, schedule = adamw_warmup_cosine(
+    optimizer, schedule = warmup_cosine_optimizer(
         _net(), ["head"], HP, total_steps=100, epochs=10, device=torch.device("cpu")
     )
     factors = []
@@ -63,7 +70,7 @@ def test_schedule_is_the_closed_form_at_every_step_for_every_group(warmup_epochs
     """Linear warm-up (step + 1) / (warmup + 1), then cosine from 1 to min_lr_ratio, then the floor: per group,
     relative to its own learning rate (head 1e-2, backbone 1e-4), also with no warm-up and very few steps."""
     hp = SimpleNamespace(**{**vars(HP), "warmup_epochs": warmup_epochs, "min_lr_ratio": min_lr_ratio})
-    optimizer, schedule = adamw_warmup_cosine(
+    optimizer, schedule = warmup_cosine_optimizer(
         _net(), ["head"], hp, total_steps=total_steps, epochs=epochs, device=torch.device("cpu")
     )
     warmup = round(warmup_epochs * total_steps / epochs)
@@ -82,7 +89,7 @@ def test_schedule_is_the_closed_form_at_every_step_for_every_group(warmup_epochs
 def test_nothing_trainable_is_refused():
     net = _net().requires_grad_(False)
     with pytest.raises(RuntimeError, match="finetune=frozen"):
-        adamw_warmup_cosine(net, ["head"], HP, total_steps=10, epochs=1, device=torch.device("cpu"))
+        warmup_cosine_optimizer(net, ["head"], HP, total_steps=10, epochs=1, device=torch.device("cpu"))
 
 
 def test_lr_scales_and_weight_decays_set_each_parameters_rate_and_decay():
@@ -94,7 +101,7 @@ def test_lr_scales_and_weight_decays_set_each_parameters_rate_and_decay():
     scales = {"body.0.weight": 0.5, "body.0.bias": 0.25, "head.weight": 2.0}
     decays = {"body.1.weight": 0.2, "head.bias": 0.3}
     hp = SimpleNamespace(**{**vars(HP), "betas": (0.8, 0.99)})
-    optimizer, _ = adamw_warmup_cosine(
+    optimizer, _ = warmup_cosine_optimizer(
         net, ["head"], hp, 10, 1, torch.device("cpu"), lr_scales=scales, weight_decays=decays
     )
     expected = {  # (lr, weight decay), by hand
@@ -119,7 +126,7 @@ def test_lr_scales_and_weight_decays_set_each_parameters_rate_and_decay():
 @pytest.mark.parametrize("device,fused", [("cpu", True), ("cuda", True), ("mps", False)])
 def test_adamw_is_fused_on_cpu_and_cuda_only(device, fused):
     """One fused kernel per step where torch has one for the run's device (the step time the benchmark reports)."""
-    optimizer, _ = adamw_warmup_cosine(_net(), ["head"], HP, 10, 1, torch.device(device))
+    optimizer, _ = warmup_cosine_optimizer(_net(), ["head"], HP, 10, 1, torch.device(device))
     assert all(bool(g["fused"]) is fused for g in optimizer.param_groups)
 
 
@@ -128,7 +135,7 @@ def test_no_epoch_count_warms_up_as_one_epoch(epochs):
     """Without an epoch count (step-bounded runs) the whole run is one epoch: the schedule of epochs=1."""
     rates = []
     for n in (epochs, 1):
-        optimizer, schedule = adamw_warmup_cosine(_net(), ["head"], HP, 8, n, torch.device("cpu"))
+        optimizer, schedule = warmup_cosine_optimizer(_net(), ["head"], HP, 8, n, torch.device("cpu"))
         factors = []
         for _ in range(4):
             factors.append(optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["initial_lr"])
@@ -137,3 +144,22 @@ def test_no_epoch_count_warms_up_as_one_epoch(epochs):
         rates.append(factors)
     assert rates[0] == rates[1]
     assert rates[0][:4] == pytest.approx([(s + 1) / 9 for s in range(4)])  # warm-up of all 8 steps
+
+
+def test_sgd_keeps_the_groups_and_takes_the_momentum():
+    net = _net()
+    sgd = SimpleNamespace(**{**vars(HP), "algorithm": "sgd", "momentum": 0.8})
+    optimizer, _ = warmup_cosine_optimizer(net, ["head"], sgd, total_steps=100, epochs=10, device=torch.device("cpu"))
+    adamw, _ = warmup_cosine_optimizer(_net(), ["head"], HP, total_steps=100, epochs=10, device=torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.SGD) and isinstance(adamw, torch.optim.AdamW)
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        (g["name"], g["lr"], g["weight_decay"]) for g in adamw.param_groups
+    ]
+    assert {g["momentum"] for g in optimizer.param_groups} == {0.8}
+
+
+def test_unknown_algorithm_is_refused_with_the_choices():
+    with pytest.raises(OptimizerSettingError, match=r"optimizer.algorithm='adam' is not one of adamw, sgd"):
+        warmup_cosine_optimizer(
+            _net(), ["head"], SimpleNamespace(**{**vars(HP), "algorithm": "adam"}), 10, 1, torch.device("cpu")
+        )
