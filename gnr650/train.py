@@ -52,6 +52,7 @@ from gnr650.training.learning import learning_warnings
 from gnr650.training.optim import check_algorithm
 from gnr650.training.precision import FP32, resolve_precision
 from gnr650.training.progress import EpochLog
+from gnr650.tuning import tuned_train
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,10 @@ def input_spec(preprocess: DevicePreprocess, dm: DecodedImageDataModule) -> dict
     }
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, evaluate: tuple[str, ...] = SPLITS) -> dict[str, Any]:
     """Run one experiment into ``cfg.paths.output_dir`` and return its results (also in results.json).
 
+    ``evaluate``: the splits of the final evaluation (a learning-rate search leaves test out, gnr650.tuning).
     A failing run still writes results.json, with ``status: failed`` and the error, then re-raises.
     """
     start = time.perf_counter()
@@ -215,7 +217,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:  # after run_control: CSVHistory has read a resumed run's metrics.csv before it opens
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         epoch_log = EpochLog()
-        progress = [epoch_progress_bar(SPLITS)] if cfg.trainer.get("enable_progress_bar", True) else []
+        dm.final_splits = tuple(evaluate)
+        progress = [epoch_progress_bar(evaluate)] if cfg.trainer.get("enable_progress_bar", True) else []
         knn = cfg.finetune.get("knn")
         knn_bank = (
             KNNBank(built.head[-1], KNNClassifier(dm.num_classes, **knn), len(dm.split("train"))) if knn else None
@@ -286,13 +289,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             _write_report(out)
     if _is_global_zero():  # the one rank that wrote it
         log_run_files(loggers, out)
-        log.info(
-            "Accuracy train %.4f, val %.4f, test %.4f -> %s",
-            results["metrics"]["train/acc"],
-            results["metrics"]["val/acc"],
-            results["metrics"]["test/acc"],
-            out / "results.json",
-        )
+        accuracies = ", ".join(f"{s} {results['metrics'][f'{s}/acc']:.4f}" for s in evaluate)
+        log.info("Accuracy %s -> %s", accuracies, out / "results.json")
         for warning in results["warnings"]:
             log.warning(warning)
     return results
@@ -369,6 +367,7 @@ def hydra_task(cfg: DictConfig) -> float | None:
     ``skip_done=true``: a job whose results.json completed with the same overrides is not trained again.
     """
     out = Path(cfg.paths.output_dir)
+    run = partial(tuned_train, train=train, overrides=_overrides()) if cfg.get("tune") else train
     done = completed_results(out, _overrides()) if cfg.get("skip_done") else None
     if done is not None:
         log.info("skip_done: %s already completed; not training it again.", cfg.paths.output_dir)
@@ -376,7 +375,7 @@ def hydra_task(cfg: DictConfig) -> float | None:
     elif _multirun():
         try:
             with _reporting_interrupts(multirun=True):
-                results = train(cfg)
+                results = run(cfg)
         except Exception as e:
             error = user_error(e)
             if error is not None and not full_tracebacks():
@@ -390,6 +389,6 @@ def hydra_task(cfg: DictConfig) -> float | None:
             reporting_user_errors("train.py"),
             removed_when_unused(out, hydra_files(out)),
         ):
-            results = train(cfg)
+            results = run(cfg)
     name = cfg.get("optimized_metric")
     return results["metrics"].get(name) if name else None

@@ -115,6 +115,15 @@ class AnalysisSchema:
 
 
 @dataclass
+class TuneSchema:
+    """``tune`` (configs/protocol/tuned.yaml): the learning-rate search and the seeds after it (gnr650/tuning)."""
+
+    lr_scales: list[float] = MISSING
+    seeds: list[int] = MISSING
+    trial_callbacks: list[str] = MISSING
+
+
+@dataclass
 class TrainSchema:
     """The root of configs/train.yaml."""
 
@@ -134,6 +143,7 @@ class TrainSchema:
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
     finetune: FinetuneSchema = field(default_factory=FinetuneSchema)
     analysis: AnalysisSchema | None = None  # set by the analysis callbacks option
+    tune: TuneSchema | None = None  # set by protocol=tuned
     dataset: Any = MISSING
     model: Any = MISSING
     trainer: Any = MISSING

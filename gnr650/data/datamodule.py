@@ -165,6 +165,9 @@ class DecodedImageDataModule(pl.LightningDataModule):
         # features (gnr650.finetune.feature_cache). ``split()`` keeps giving the images, on the CPU.
         self.served: dict[str, Split] = {}
         self.class_names: list[str] = []
+        # The splits of the final evaluation (the test loop's dataloaders, in this order): a learning-rate search
+        # leaves out test (gnr650.tuning), so that nothing it chooses by can depend on a test label.
+        self.final_splits: tuple[str, ...] = SPLITS
 
     def load(self) -> tuple[dict[str, Split], list[str]]:
         raise NotImplementedError
@@ -243,8 +246,8 @@ class DecodedImageDataModule(pl.LightningDataModule):
         return self._loader("val", train=False)
 
     def test_dataloader(self) -> list[DataLoader]:
-        """The final evaluation: train, val and test without shuffling or augmentation, in ``SPLITS`` order."""
-        return [self._loader(name, train=False) for name in SPLITS]
+        """The final evaluation: ``final_splits`` (train, val and test) without shuffling or augmentation."""
+        return [self._loader(name, train=False) for name in self.final_splits]
 
     def summary(self) -> dict[str, int]:
         return {name: len(self.split(name)) for name in SPLITS}

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from gnr650.data.validation import DataSettingError
+
 
 def _class_perms(labels: torch.Tensor, seed: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -47,3 +49,21 @@ def stratified_split(labels: torch.Tensor, ratios: Sequence[float], seed: int) -
             parts[i].append(perm[start:stop])
             start = stop
     return [torch.sort(torch.cat(p)).values for p in parts]
+
+
+VTAB_TRAIN, VTAB_VAL = 800, 200  # VTAB-1k (Zhai et al. 2019): 800 training and 200 validation images per task
+VTAB_SPLIT_SEED = 0  # the train/val/test pools behind VTAB-1k stay fixed across run seeds, as VTAB's test split is
+
+
+def vtab1k(train: torch.Tensor, val: torch.Tensor, seed: int, refit: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """VTAB-1k's 800 training and 200 validation indices, drawn with ``seed`` from the ``train`` and ``val`` pools
+    (uniformly, not per class: VTAB takes the first images of shuffled splits); ``refit``: train on all 1,000."""
+    if train.numel() < VTAB_TRAIN or val.numel() < VTAB_VAL:
+        raise DataSettingError(
+            f"VTAB-1k draws {VTAB_TRAIN} training and {VTAB_VAL} validation images, but the pools hold "
+            f"{train.numel()} and {val.numel()}: use a larger data set or dataset.fraction."
+        )
+    g = torch.Generator().manual_seed(seed)
+    train800 = torch.sort(train[torch.randperm(train.numel(), generator=g)[:VTAB_TRAIN]]).values
+    val200 = torch.sort(val[torch.randperm(val.numel(), generator=g)[:VTAB_VAL]]).values
+    return (torch.sort(torch.cat([train800, val200])).values if refit else train800), val200

@@ -78,11 +78,12 @@ def _cpu_name() -> str:
 
 def evaluation_fields(final: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The metrics, per-class accuracies and confusion matrices of ``ClassificationModule.final_results``, as
-    results.json (and eval_results.json) hold them."""
+    results.json (and eval_results.json) hold them; the splits evaluated, in ``SPLITS`` order."""
+    splits = [s for s in SPLITS if s in final]
     return {
-        "metrics": {f"{s}/{k}": final[s][k] for s in SPLITS for k in ("acc", "acc_macro", "loss")},
-        "per_class": {s: final[s]["per_class"] for s in SPLITS},
-        "confusion_matrix": {s: final[s]["confusion_matrix"] for s in SPLITS},
+        "metrics": {f"{s}/{k}": final[s][k] for s in splits for k in ("acc", "acc_macro", "loss")},
+        "per_class": {s: final[s]["per_class"] for s in splits},
+        "confusion_matrix": {s: final[s]["confusion_matrix"] for s in splits},
     }
 
 

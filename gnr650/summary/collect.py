@@ -64,11 +64,13 @@ def collect_jobs(multirun_dir: str | Path) -> list[Job]:
     """Every job under `multirun_dir`, in job-number order, labelled by its swept overrides.
 
     A job is a directory holding `.hydra/overrides.yaml` or `results.json`; one without
-    `results.json` is "unfinished" (killed, or still running).
+    `results.json` is "unfinished" (killed, or still running). Runs inside a job's directory are parts of that job
+    (protocol=tuned's trials and seeds), not jobs of their own.
     """
     root = Path(multirun_dir)
-    dirs = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
-    dirs |= {p.parent for p in root.rglob("results.json")}
+    found = {p.parent.parent for p in root.rglob(".hydra/overrides.yaml")}
+    found |= {p.parent for p in root.rglob("results.json")}
+    dirs = {d for d in found if not any(parent in found for parent in d.parents)}
     jobs = sorted((_read_job(d) for d in dirs), key=_order)
     label_jobs(jobs)
     return jobs

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from gnr650.summary.collect import Job, format_label, read_curves, read_kernel_norms
+from gnr650.summary.significance import t_interval
 from gnr650.summary.tables import ACCURACIES
 
 # tab10, then tab20's light shade of each: 20 distinct colours; each round of 10 jobs also gets its own line style.
@@ -244,4 +245,62 @@ def kernel_norm_figure(jobs: list[Job]) -> Figure | None:
         ax.set_xlabel("Conv layer (module name, network order)")
         ax.grid(alpha=0.3)
     job_legend(fig, legend)
+    return fig
+
+
+def numeric_swept_keys(jobs: list[Job]) -> list[str]:
+    """The swept settings other than the seed whose values are all numbers, with at least two distinct ones."""
+    keys = []
+    for key in dict.fromkeys(k for job in jobs for k in job.swept if k != "seed"):
+        values = [_number(job.swept.get(key)) for job in jobs]
+        if all(v is not None for v in values) and len(set(values)) > 1:
+            keys.append(key)
+    return keys
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def swept_value_figure(jobs: list[Job], key: str) -> Figure | None:
+    """Test accuracy against the numeric swept setting ``key`` (a data-efficiency curve for a training-set size):
+    one line per other swept setting except the seed (per strategy), in the style of its first job; each point the
+    mean over the completed seeds with its Student-t 95% interval as an error bar (none from one seed). The x axis is
+    logarithmic when the values span more than 10x."""
+    lines: dict[str, tuple[int, dict[float, list[float]]]] = {}
+    for i, job in enumerate(jobs):
+        acc, x = job.metric("test/acc"), _number(job.swept.get(key))
+        if not job.ok or acc is None or x is None:
+            continue
+        label = format_label({k: v for k, v in job.swept.items() if k not in ("seed", key)}) or "all jobs"
+        first, points = lines.setdefault(label, (i, {}))
+        points.setdefault(x, []).append(100 * acc)
+    if not lines:
+        return None
+    fig = Figure(figsize=(8, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    xs_all = []
+    for label, (first, points) in lines.items():
+        xs = sorted(points)
+        means = [float(np.mean(points[x])) for x in xs]
+        bounds = [t_interval(points[x]) or (m, m) for x, m in zip(xs, means)]  # in %, as the points
+        errors = np.array([[m - low, high - m] for m, (low, high) in zip(means, bounds)]).T
+        ax.errorbar(xs, means, yerr=errors, capsize=3, label=label, **job_style(first).line())
+        xs_all += xs
+    if min(xs_all) > 0 and max(xs_all) / min(xs_all) > 10:
+        ax.set_xscale("log")
+    ax.set_xticks(sorted(set(xs_all)), [f"{x:g}" for x in sorted(set(xs_all))])
+    ax.minorticks_off()
+    ax.set_xlabel(key)
+    ax.set_ylabel("Test accuracy (%)")
+    seeds = max(len(v) for _, points in lines.values() for v in points.values())
+    ax.set_title(
+        f"Test accuracy against {key}\n"
+        + (f"(mean and Student-t 95% interval over up to {seeds} seeds)" if seeds > 1 else "(one run each)")
+    )
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=8)
     return fig

@@ -242,3 +242,40 @@ def seed_interval_table(jobs: list[Job]) -> Table | None:
         rows.append([label, str(len(values)), percent(mean, std), interval(*bounds) if bounds else MISSING])
     headers = ["Setting (seeds pooled)", "Seeds", "Test Accuracy (mean ± std)", "95% Interval (t)"]
     return Table(headers, rows, [False] * len(rows))
+
+
+def tuned_table(jobs: list[Job]) -> Table | None:
+    """``protocol=tuned`` jobs: the learning rates chosen on validation, every trial's validation accuracy, and the
+    test accuracy over the seeds trained at the choice (None: no tuned job)."""
+    tuned = [job for job in jobs if job.ok and job.results.get("tuned")]
+    if not tuned:
+        return None
+    rows = []
+    for job in tuned:
+        t = job.results["tuned"]
+        chosen, test = t["chosen"], t["test_acc"]
+        trials = " · ".join(
+            f"x{trial['lr_scale']:g} {percent(trial['val_acc']) if trial['status'] == 'completed' else 'failed'}"
+            for trial in t["trials"]
+        )
+        rows.append(
+            [
+                job.results.get("finetune") or job.label,
+                f"{chosen['lr_head']:g} / {chosen['lr_backbone']:g} (x{chosen['lr_scale']:g})",
+                trials,
+                f"{percent(test['mean'], test['std'])} ({test['n']})",
+                interval(test["low"], test["high"]) if test["low"] is not None else MISSING,
+                duration(t["search_s"]),
+                duration((job.results.get("timing") or {}).get("total_s")),
+            ]
+        )
+    headers = [
+        "Strategy",
+        "Chosen LR head / backbone (scale)",
+        "Validation Accuracy per Scale",
+        "Test Accuracy (mean ± std, seeds)",
+        "95% Interval (t)",
+        "Search Time",
+        "Total Time",
+    ]
+    return Table(headers, rows, [False] * len(rows))

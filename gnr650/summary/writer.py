@@ -132,11 +132,15 @@ def _sweep_sections(
     placed: dict[str, list[FigureEntry]] = {}
     for entry in drawn:
         if entry.name not in attention_names:
-            placed.setdefault(FIGURE_SECTION.get(entry.name, "More figures"), []).append(entry)
+            section = RESULTS if entry.name.startswith("accuracy_vs_") else FIGURE_SECTION.get(entry.name)
+            placed.setdefault(section or "More figures", []).append(entry)
 
     results = Section(RESULTS, [Paragraphs(_meta(jobs, swept), bullets=False)])
     results.blocks.append(TableBlock(job_table, id="results-table"))
     seed_table, seed_intervals = tables.seed_table(jobs), tables.seed_interval_table(jobs)
+    tuned = tables.tuned_table(jobs)
+    if tuned:
+        results.blocks.append(TableBlock(tuned, "Learning rates chosen on validation (protocol=tuned)"))
     if seed_table:
         results.blocks.append(TableBlock(seed_table, "Mean ± std over seeds"))
     if seed_intervals:
@@ -293,6 +297,15 @@ def _figures(jobs: list[Job], attentions: list):
         figures.params_accuracy_figure,
         jobs,
     )
+    for key in figures.numeric_swept_keys(jobs):
+        yield _draw(
+            f"accuracy_vs_{key}.png",
+            f"Test accuracy against {key}, one line per strategy (or other swept setting) in its jobs' style: the "
+            "mean over seeds with its Student-t 95% interval (no bar for a single seed).",
+            figures.swept_value_figure,
+            jobs,
+            key,
+        )
     yield _draw(
         "curves.png",
         "Train and validation accuracy and loss per completed epoch (counted from 1), one line style per job; "

@@ -33,7 +33,8 @@ class ClassificationModule(pl.LightningModule):
     ``trainable`` names the modules that learn (see ``gnr650.finetune.strategies``); the others are frozen and
     stay in eval mode. ``head`` parameters use ``lr_head``, the rest ``lr_backbone``, each times its
     ``lr_scales`` entry (layer-wise decay) if given. The test stage
-    is the final evaluation: dataloaders in ``SPLITS`` order, each split measured separately.
+    is the final evaluation: the datamodule's ``final_splits`` (all of ``SPLITS`` unless a search leaves test out),
+    each split measured separately.
     """
 
     def __init__(
@@ -156,9 +157,10 @@ class ClassificationModule(pl.LightningModule):
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         loss, logits, y = self._step(batch)
-        self.final_metrics[dataloader_idx].update(logits, y)
-        self.final_loss[dataloader_idx].update(loss, weight=y.numel())
-        if SPLITS[dataloader_idx] == "test":
+        split = self.trainer.datamodule.final_splits[dataloader_idx]
+        self.final_metrics[SPLITS.index(split)].update(logits, y)
+        self.final_loss[SPLITS.index(split)].update(loss, weight=y.numel())
+        if split == "test":
             self._test_outputs.append((y.detach(), logits.detach().float().softmax(1)))
 
     def on_test_epoch_end(self):

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from gnr650.data import (
 )
 from gnr650.data.images import decode_images
 from gnr650.data.splits import class_balanced_subset, sample_per_class, stratified_split
+from gnr650.data.validation import DataSettingError
 from gnr650.training.preprocess import DevicePreprocess
 from tests.helpers import CIFAR_CLASSES, EUROSAT_CLASSES, ROOT, write_image
 
@@ -236,3 +238,69 @@ def test_eurosat_subset_zip_keeps_the_first_images_of_every_class_in_the_eurosat
     dm = EuroSATDataModule(root=str(unpacked), cache_dir=str(tmp_path / "cache"))
     dm.setup()
     assert dm.class_names == sorted(EUROSAT_CLASSES) and sum(dm.summary().values()) == 5 * len(EUROSAT_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def eurosat_1400(tmp_path_factory) -> Path:
+    """A EuroSAT layout of 10 classes x 140 images: pools of 840 / 280 / 280 at 60/20/20, room for VTAB-1k."""
+    root = tmp_path_factory.mktemp("eurosat1400")
+    rng = np.random.default_rng(0)
+    for c in EUROSAT_CLASSES:
+        for i in range(140):
+            write_image(root / "eurosat" / "2750" / c / f"{c}_{i}.jpg", rng, size=8)
+    return root
+
+
+def test_vtab1k_draws_800_and_200_from_the_pools_and_keeps_one_test_split(eurosat_1400, tmp_path):
+    def splits(seed, refit=False):
+        dm = EuroSATDataModule(
+            root=str(eurosat_1400), protocol="vtab1k", refit=refit, seed=seed, cache_dir=str(tmp_path)
+        )
+        dm.setup()
+        return {s: set(dm.split(s).files) for s in ("train", "val", "test")}, dm.summary()
+
+    (first, sizes), (second, _) = splits(0), splits(1)
+    assert sizes == {"train": 800, "val": 200, "test": 280}
+    assert first["test"] == second["test"]  # VTAB's test split does not move with the run's seed
+    assert first["train"] != second["train"] and first["val"] != second["val"]
+    ratio = EuroSATDataModule(root=str(eurosat_1400), cache_dir=str(tmp_path))  # the pools: the 60/20/20 split
+    ratio.setup()
+    pools = {s: set(ratio.split(s).files) for s in ("train", "val", "test")}
+    for drawn in (first, second):
+        assert drawn["train"] <= pools["train"] and drawn["val"] <= pools["val"] and drawn["test"] == pools["test"]
+    refit, refit_sizes = splits(0, refit=True)
+    assert refit_sizes == {"train": 1000, "val": 200, "test": 280}
+    assert refit["train"] == first["train"] | first["val"] and refit["val"] == first["val"]
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"protocol": "vtab"}, "dataset.protocol='vtab': use null"),
+        ({"protocol": "vtab1k", "fraction": 0.5}, "leave dataset.fraction at 1.0"),
+        ({"refit": True}, "add dataset.protocol=vtab1k"),
+    ],
+)
+def test_vtab1k_settings_that_cannot_work_are_refused(settings, message, fake_data, tmp_path):
+    with pytest.raises(DataSettingError, match=message):
+        EuroSATDataModule(root=str(fake_data), cache_dir=str(tmp_path), **settings)
+
+
+def test_vtab1k_on_too_small_a_data_set_says_so(fake_data, tmp_path):
+    dm = EuroSATDataModule(root=str(fake_data), protocol="vtab1k", cache_dir=str(tmp_path))
+    with pytest.raises(DataSettingError, match="VTAB-1k draws 800 training and 200 validation images, but the pools"):
+        dm.setup()
+
+
+def test_train_per_class_keeps_that_many_of_each_class_and_the_other_splits_whole(fake_data, tmp_path):
+    whole = EuroSATDataModule(root=str(fake_data), cache_dir=str(tmp_path))
+    whole.setup()
+    few = EuroSATDataModule(root=str(fake_data), train_per_class=2, cache_dir=str(tmp_path))
+    few.setup()
+    assert torch.bincount(few.split("train").labels).tolist() == [2] * len(EUROSAT_CLASSES)
+    assert set(few.split("train").files) < set(whole.split("train").files)
+    assert few.split("val").files == whole.split("val").files and few.split("test").files == whole.split("test").files
+    with pytest.raises(DataSettingError, match="train_per_class=7, but the training split holds only 6 images"):
+        EuroSATDataModule(root=str(fake_data), train_per_class=7, cache_dir=str(tmp_path)).setup()
+    with pytest.raises(DataSettingError, match="not with dataset.protocol"):
+        EuroSATDataModule(root=str(fake_data), train_per_class=2, protocol="vtab1k", cache_dir=str(tmp_path))

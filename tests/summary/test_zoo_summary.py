@@ -90,3 +90,65 @@ def test_header_names_each_strategys_optimizer_when_they_differ(tmp_path):
     assert rows["Optimizer"] == "last: AdamW, head 0.001, backbone 0.0001, vpt: SGD, head 0.05, backbone 0.0001"
     one = dict(header(collect_jobs(tmp_path)[:1]))
     assert one["Optimizer"] == "AdamW, head 0.001, backbone 0.0001"
+
+
+def _efficiency(root: Path, sizes=(1, 10, 100), seeds=(0, 1, 2)) -> list:
+    num = 0
+    for base, finetune in ((0.4, "last"), (0.6, "lora")):
+        for size in sizes:
+            for seed in seeds:
+                acc = base + 0.001 * size + 0.01 * seed
+                make_job(
+                    root,
+                    num,
+                    [f"finetune={finetune}", f"dataset.train_per_class={size}", f"seed={seed}"],
+                    acc=(acc, acc, acc),
+                )
+                num += 1
+    return collect_jobs(root)
+
+
+def test_numeric_swept_settings_get_a_curve_of_mean_test_accuracy_with_t_intervals(tmp_path):
+    from scipy import stats
+
+    from gnr650.summary.figures import numeric_swept_keys, swept_value_figure
+
+    jobs = _efficiency(tmp_path)
+    assert numeric_swept_keys(jobs) == ["dataset.train_per_class"]  # not seed, not finetune
+    ax = swept_value_figure(jobs, "dataset.train_per_class").axes[0]
+    assert ax.get_xscale() == "log"  # 1 to 100 spans more than 10x
+    drawn = {c.get_label(): c for c in ax.containers}  # one errorbar container per line
+    assert set(drawn) == {"finetune=last", "finetune=lora"}
+    assert drawn["finetune=last"].lines[0].get_color() == job_style(0).color  # the style of the line's first job
+    assert drawn["finetune=lora"].lines[0].get_color() == job_style(9).color
+    for label, base in (("finetune=last", 0.4), ("finetune=lora", 0.6)):
+        x, y = drawn[label].lines[0].get_data()
+        assert list(x) == [1, 10, 100]
+        means = [100 * np.mean([base + 0.001 * s + 0.01 * seed for seed in (0, 1, 2)]) for s in (1, 10, 100)]
+        assert np.allclose(y, means)
+        for size, segment in zip((1, 10, 100), drawn[label].lines[2][0].get_segments()):
+            values = [100 * (base + 0.001 * size + 0.01 * seed) for seed in (0, 1, 2)]
+            low, high = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+            assert np.allclose(segment[:, 1], [low, high])
+    linear = swept_value_figure(_efficiency(tmp_path / "narrow", sizes=(2, 5, 10)), "dataset.train_per_class")
+    assert linear.axes[0].get_xscale() == "linear"
+
+
+def test_a_sweep_without_a_numeric_setting_has_no_curve(tmp_path):
+    from gnr650.summary.figures import numeric_swept_keys
+
+    assert numeric_swept_keys(collect_jobs(_zoo(tmp_path))) == []  # finetune and seed only
+
+
+def test_data_efficiency_preset_sweeps_sizes_strategies_and_seeds(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.helpers import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=eurosat-data-efficiency"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params["dataset.train_per_class"] == "1,2,5,10,25,100" and params.finetune == "last,lora,full"
+    assert params.seed == "0,1,2" and list(cfg.callbacks) == ["model_checkpoint", "lr_monitor"]

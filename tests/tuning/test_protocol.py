@@ -1,0 +1,111 @@
+"""protocol=tuned: the learning rate is chosen on validation alone, then the seeds train at it; the job's numbers are
+the seeds' own."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from gnr650.data import DecodedImageDataModule, SyntheticDataModule
+from gnr650.summary import collect_jobs
+from gnr650.train import train
+from gnr650.tuning import TuningError, choose, tuned_train
+from tests.helpers import make_cfg
+
+SCALES = [0.1, 1.0, 10.0]
+TUNED = ["debug=smoke", "model=resnet18", "protocol=tuned", f"tune.lr_scales={SCALES}", "tune.seeds=[0,1]"]
+
+
+def _run(tmp_path: Path, monkeypatch) -> tuple[dict, list[tuple[str, ...]]]:
+    """The tuned job and the splits each final evaluation asked for, in order."""
+    evaluated = []
+    serve = DecodedImageDataModule.test_dataloader
+
+    def recording(self):
+        evaluated.append(tuple(self.final_splits))
+        return serve(self)
+
+    monkeypatch.setattr(DecodedImageDataModule, "test_dataloader", recording)
+    return tuned_train(make_cfg(TUNED, tmp_path), train=train, overrides=[]), evaluated
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> tuple[dict, list[tuple[str, ...]], Path]:
+    out = tmp_path_factory.mktemp("tuned")
+    with pytest.MonkeyPatch.context() as patch:
+        job, evaluated = _run(out, patch)
+    return job, evaluated, out
+
+
+def _garbage_test_labels(patch) -> None:
+    """Every test label moved to the next class: any accuracy measured on test changes, nothing else does."""
+    load = SyntheticDataModule.load
+
+    def garbage(self):
+        splits, names = load(self)
+        test = splits["test"]
+        splits["test"] = dataclasses.replace(test, labels=(test.labels + 1) % len(names))
+        return splits, names
+
+    patch.setattr(SyntheticDataModule, "load", garbage)
+
+
+def test_the_search_never_evaluates_test_and_garbage_test_labels_change_no_choice(clean, tmp_path, monkeypatch):
+    job, evaluated, _ = clean
+    trials = len(SCALES)
+    assert evaluated[:trials] == [("train", "val")] * trials  # the search: never the test split
+    assert evaluated[trials:] == [("train", "val", "test")] * 2  # the seeds at the choice
+    assert job["tuned"]["chosen"]["lr_scale"] != 1.0  # the choice is the search's, not the default's
+
+    with monkeypatch.context() as patch:
+        _garbage_test_labels(patch)
+        spoilt, _ = _run(tmp_path / "garbage", patch)
+    assert spoilt["tuned"]["trials"] == [
+        t | {"fit_s": s["fit_s"]} for t, s in zip(job["tuned"]["trials"], spoilt["tuned"]["trials"])
+    ]
+    assert spoilt["tuned"]["chosen"] == job["tuned"]["chosen"]
+    assert spoilt["metrics"]["val/acc"] == job["metrics"]["val/acc"]
+    assert spoilt["metrics"]["test/acc"] != job["metrics"]["test/acc"]  # the garbage did reach the test split
+
+
+def test_job_results_are_the_seeds_own_numbers(clean):
+    job, _, tmp_path = clean
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "completed" and saved["tuned"] == json.loads(json.dumps(job["tuned"]))
+    seeds = [json.loads((tmp_path / "seeds" / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert [r["seed"] for r in seeds] == [0, 1]
+    chosen = job["tuned"]["chosen"]
+    for run in seeds:
+        assert run["config"]["optimizer"]["lr_head"] == pytest.approx(chosen["lr_head"])
+    test = [r["metrics"]["test/acc"] for r in seeds]
+    assert job["metrics"]["test/acc"] == pytest.approx(statistics.fmean(test))
+    low, high = stats.t.interval(0.95, len(test) - 1, loc=statistics.fmean(test), scale=stats.sem(test))
+    assert (job["tuned"]["test_acc"]["low"], job["tuned"]["test_acc"]["high"]) == pytest.approx((low, high))
+    trial_vals = {
+        t["lr_scale"]: json.loads((tmp_path / t["run_dir"] / "results.json").read_text())["metrics"]["val/acc"]
+        for t in job["tuned"]["trials"]
+    }
+    assert chosen["val_acc"] == max(trial_vals.values()) == trial_vals[chosen["lr_scale"]]
+    trial = json.loads((tmp_path / job["tuned"]["trials"][0]["run_dir"] / "results.json").read_text())
+    assert "test/acc" not in trial["metrics"] and "test" not in trial["per_class"]
+    assert not (tmp_path / job["tuned"]["trials"][0]["run_dir"] / "artifacts" / "test_predictions.npz").exists()
+    # the sweep summary sees one job here: trials and seeds are its parts
+    assert [j.dir for j in collect_jobs(tmp_path)] == [tmp_path]
+
+
+def _trial(scale, acc, status="completed"):
+    return {"lr_scale": scale, "val_acc": acc, "status": status}
+
+
+def test_choice_is_the_best_validation_accuracy_and_ties_go_to_the_recipe():
+    assert choose([_trial(0.1, 0.5), _trial(1.0, 0.7), _trial(10.0, 0.9)])["lr_scale"] == 10.0
+    assert choose([_trial(0.1, 0.9), _trial(1.0, 0.9), _trial(10.0, 0.9)])["lr_scale"] == 1.0
+    assert choose([_trial(0.1, 0.8), _trial(3.0, 0.8), _trial(10.0, 0.2)])["lr_scale"] == 3.0  # |log 3| < |log 0.1|
+    assert choose([_trial(1.0, None, "failed"), _trial(10.0, 0.3)])["lr_scale"] == 10.0
+    with pytest.raises(TuningError, match="Every trial of the learning-rate search failed"):
+        choose([_trial(1.0, None, "failed")])
