@@ -87,3 +87,47 @@ def test_full_size_study_two_preset_runs_as_the_readme_shows(tmp_path):
         assert r["status"] == "completed" and r["model"] == "vit_ti16" and r["precision"]["used"] == used
         assert r["data"]["sizes"] == {"train": 162, "val": 54, "test": 54}  # 270 images split 60/20/20
     assert (sweep / "report.html").is_file()
+
+
+def _comparison_commands() -> list[list[str]]:
+    """The commands of README's "A fair comparison" block, as argument lists after ``python train.py``."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## A fair comparison", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split()[2:] for line in block.splitlines() if line.startswith("python train.py")]
+
+
+# Each command cut down to seconds: ViT-Ti/16 at 32 px, one epoch, two strategies, two seeds; the rest as shown.
+CUT_DOWN = ["model=vit_ti16", "model.img_size=32", "trainer.max_epochs=1", "callbacks=default"]
+CUT_DOWN += ["trainer.enable_progress_bar=false", "seed=0,1"]
+
+
+@pytest.mark.skipif(real_weights() is None, reason="GNR650_WEIGHTS_DIR has no vit_tiny_patch16_224.safetensors")
+@pytest.mark.parametrize("args", _comparison_commands(), ids=lambda args: " ".join(args))
+def test_fair_comparison_commands_run_as_the_readme_shows(args, tmp_path):
+    sweep = tmp_path / "sweep"
+    extra = list(CUT_DOWN) + (["dataset.fraction=0.02"] if "dataset.protocol=vtab1k" not in args else [])
+    if "experiment=eurosat-data-efficiency" in args:
+        extra += ["dataset.train_per_class=1,5", "finetune=last"]
+    else:
+        extra += ["finetune=last,bitfit"]
+    if "protocol=tuned" in args:
+        extra += ["tune.lr_scales=[1,10]", "tune.seeds=[0,1]"]
+    replaced = {e.split("=")[0] for e in extra}  # a key given twice would be two sweeps of it
+    kept = [a for a in args if a.split("=")[0] not in replaced]
+    cmd = [sys.executable, str(ROOT / "train.py"), *kept, *extra, f"hydra.sweep.dir={sweep}"]
+    env = dict(os.environ, GNR650_WEIGHTS_DIR=str(real_weights().parent))
+    subprocess.run(cmd, check=True, cwd=tmp_path, env=env, timeout=1800)
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert len(jobs) == 4 and all(job["status"] == "completed" for job in jobs)
+    summary = (sweep / "summary.md").read_text()
+    if "protocol=tuned" in args:
+        for job in jobs:
+            assert job["tuned"]["chosen"]["lr_scale"] in (1.0, 10.0) and job["tuned"]["test_acc"]["n"] == 2
+            assert all("test/acc" not in t for t in job["tuned"]["trials"])
+        assert "Learning rates chosen on validation" in summary
+    if "experiment=eurosat-data-efficiency" in args:
+        assert sorted(job["data"]["sizes"]["train"] for job in jobs) == [10, 10, 50, 50]
+        assert (sweep / "accuracy_vs_dataset.train_per_class.png").is_file()
+    if "dataset.protocol=vtab1k" in args:
+        refit = "dataset.refit=true" in args
+        assert all(job["data"]["sizes"] == {"train": 1000 if refit else 800, "val": 200, "test": 5400} for job in jobs)

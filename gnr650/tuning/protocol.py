@@ -18,6 +18,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gnr650.data import SPLITS
 from gnr650.errors import UserError, user_error
-from gnr650.runs import provenance, versions, write_results
+from gnr650.runs import completed_results, provenance, versions, write_results
 from gnr650.summary.significance import t_interval
 
 log = logging.getLogger(__name__)
@@ -76,18 +77,29 @@ def choose(trials: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class TuningError(RuntimeError, UserError):
-    """The search could not choose a learning rate."""
+    """The search could not choose a learning rate, or its settings cannot work."""
+
+
+def check_tune(tune: DictConfig) -> None:
+    """``tune.lr_scales`` positive numbers and ``tune.seeds`` not empty, before any run."""
+    if not tune.lr_scales or any(s <= 0 for s in tune.lr_scales):
+        raise TuningError(f"tune.lr_scales={list(tune.lr_scales)}: give one or more positive scales, e.g. [0.1,1,10].")
+    if not tune.seeds:
+        raise TuningError("tune.seeds=[]: give the seeds to train at the chosen rate, e.g. [0,1,2].")
 
 
 def tuned_train(cfg: DictConfig, train: Callable[..., dict[str, Any]], overrides: list[str]) -> dict[str, Any]:
     """Search ``tune.lr_scales`` on val (``train(child, evaluate=SEARCH_SPLITS)``), then train ``tune.seeds`` at the
     best; returns the job's results, also written to its results.json (``status: failed`` and the error if it
     fails, then re-raised)."""
+    check_tune(cfg.tune)
     start = time.perf_counter()
     out = Path(cfg.paths.output_dir)
     results: dict[str, Any] = {"status": "running", "error": None, "finetune": cfg.finetune.get("name")}
     try:
-        results = _search_then_seeds(cfg, train, out, start)
+        results = _search_then_seeds(
+            cfg, partial(_train_once, train, overrides, bool(cfg.get("skip_done"))), out, start
+        )
     except BaseException as e:
         cause = user_error(e) or e
         results |= {"status": "failed", "error": f"{type(cause).__name__}: {cause}", "warnings": []}
@@ -115,6 +127,19 @@ def tuned_train(cfg: DictConfig, train: Callable[..., dict[str, Any]], overrides
     return results
 
 
+def _train_once(
+    train: Callable[..., dict[str, Any]], overrides: list[str], skip_done: bool, child: DictConfig, **kwargs: Any
+) -> dict[str, Any]:
+    """``train(child)``; with ``skip_done``, a trial or seed that completed before (a killed job run again) is read
+    back instead."""
+    out = Path(child.paths.output_dir)
+    done = completed_results(out, overrides) if skip_done else None
+    if done is not None:
+        log.info("skip_done: %s already completed; not training it again.", out)
+        return done
+    return train(child, **kwargs)
+
+
 def _search_then_seeds(
     cfg: DictConfig, train: Callable[..., dict[str, Any]], out: Path, start: float
 ) -> dict[str, Any]:
@@ -132,8 +157,10 @@ def _search_then_seeds(
         log.info("Trial lr x%g (head %g, backbone %g)", scale, record["lr_head"], record["lr_backbone"])
         try:
             results = train(trial_cfg, evaluate=SEARCH_SPLITS)
-        except Exception as error:  # noqa: BLE001 - a diverged or failed trial loses the search nothing else
-            log.warning("Trial lr x%g failed (%s); the search goes on.", scale, error)
+        except Exception as error:
+            if user_error(error) is None:
+                raise  # a bug or an interruption stops the job; a trial that cannot work (diverged) does not
+            log.warning("Trial lr x%g failed (%s); the search goes on.", scale, user_error(error))
             trials.append(record | {"status": "failed", "val_acc": None, "fit_s": None})
             continue
         trials.append(

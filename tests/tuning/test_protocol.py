@@ -109,3 +109,68 @@ def test_choice_is_the_best_validation_accuracy_and_ties_go_to_the_recipe():
     assert choose([_trial(1.0, None, "failed"), _trial(10.0, 0.3)])["lr_scale"] == 10.0
     with pytest.raises(TuningError, match="Every trial of the learning-rate search failed"):
         choose([_trial(1.0, None, "failed")])
+
+
+def test_skip_done_reads_the_completed_trials_and_seeds_back(clean):
+    """A tuned job killed after its runs completed, run again with skip_done=true: nothing trains again."""
+    from hydra.core.hydra_config import HydraConfig
+
+    job, _, out = clean
+    cfg = make_cfg(TUNED + ["skip_done=true"], out)
+    overrides = list(HydraConfig.get().overrides.task)
+    again = tuned_train(cfg, train=lambda *args, **kwargs: pytest.fail("trained again"), overrides=overrides)
+    assert again["tuned"]["chosen"] == job["tuned"]["chosen"] and again["metrics"] == job["metrics"]
+
+
+@pytest.mark.parametrize(
+    "override,message", [("tune.lr_scales=[0,1]", "give one or more positive scales"), ("tune.seeds=[]", "tune.seeds=")]
+)
+def test_settings_that_cannot_work_are_refused_before_any_run(override, message, tmp_path):
+    cfg = make_cfg(TUNED + [override], tmp_path)
+    with pytest.raises(TuningError, match=message):
+        tuned_train(cfg, train=lambda *args, **kwargs: pytest.fail("a run started"), overrides=[])
+
+
+def test_a_trial_that_cannot_train_is_skipped_and_a_bug_stops_the_search(tmp_path):
+    from gnr650.training.divergence import DivergenceError
+
+    calls = []
+
+    def diverging_at_ten(cfg, evaluate=None):
+        calls.append(cfg.optimizer.lr_head)
+        if cfg.optimizer.lr_head > 1e-2:
+            raise DivergenceError("loss is nan")
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError, match="a bug"):
+        tuned_train(make_cfg(TUNED, tmp_path), train=diverging_at_ten, overrides=[])
+    assert calls == [pytest.approx(1e-3)]  # the recipe's rate first; its bug ended the job
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "failed" and "KeyError" in saved["error"]
+
+
+def _fake_results(val: float, test: float) -> dict:
+    fields = ("dataset", "model", "finetune", "data", "trainable_modules", "precision", "epochs")
+    return {
+        **dict.fromkeys(fields),
+        "params": {"trainable": 5, "total": 10},
+        "metrics": {"train/acc": 1.0, "val/acc": val, "test/acc": test},
+        "per_class": {s: {"a": test} for s in ("train", "val", "test")},
+        "timing": {"fit_s": 1.0},
+        "warnings": [],
+    }
+
+
+def test_a_trial_that_diverges_is_recorded_failed_and_the_search_goes_on(tmp_path):
+    from gnr650.training.divergence import DivergenceError
+
+    def diverging_at_ten(cfg, evaluate=("train", "val", "test")):
+        if cfg.optimizer.lr_head > 5e-3:  # x10 of the recipe's 1e-3
+            raise DivergenceError("loss is nan")
+        return _fake_results(val=cfg.optimizer.lr_head, test=0.5 + 0.1 * cfg.seed)  # the higher the rate, the better
+
+    job = tuned_train(make_cfg(TUNED, tmp_path), train=diverging_at_ten, overrides=[])
+    status = {t["lr_scale"]: t["status"] for t in job["tuned"]["trials"]}
+    assert status == {0.1: "completed", 1.0: "completed", 10.0: "failed"}
+    assert job["tuned"]["chosen"]["lr_scale"] == 1.0
+    assert job["tuned"]["test_acc"]["mean"] == pytest.approx(0.55) and job["tuned"]["test_acc"]["n"] == 2
