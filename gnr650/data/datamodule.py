@@ -126,6 +126,17 @@ class _DiskLoader(DataLoader):
         return _prefetched(batches, pin=True) if self.prefetch else batches
 
 
+def repeated(split: Split, copies: int) -> Split:
+    """``split`` ``copies`` times over, in memory (for small training sets: an epoch of a fixed minimum size)."""
+    return Split(
+        split.images.repeat(copies, 1, 1, 1),
+        split.labels.repeat(copies),
+        list(split.files) * copies,
+        "memory",
+        list(split.skipped),
+    )
+
+
 class DecodedImageDataModule(pl.LightningDataModule):
     """Base class of the data sets: splits of decoded uint8 images, in memory or in a memory-mapped store
     (``storage``); subclasses implement ``load()`` returning the three splits and the class names."""
@@ -168,6 +179,8 @@ class DecodedImageDataModule(pl.LightningDataModule):
         # The splits of the final evaluation (the test loop's dataloaders, in this order): a learning-rate search
         # leaves out test (gnr650.tuning), so that nothing it chooses by can depend on a test label.
         self.final_splits: tuple[str, ...] = SPLITS
+        # Copies of the training split an epoch holds (a small training set repeated, see ``repeated``).
+        self.train_repeats = 1
 
     def load(self) -> tuple[dict[str, Split], list[str]]:
         raise NotImplementedError
@@ -250,4 +263,5 @@ class DecodedImageDataModule(pl.LightningDataModule):
         return [self._loader(name, train=False) for name in self.final_splits]
 
     def summary(self) -> dict[str, int]:
-        return {name: len(self.split(name)) for name in SPLITS}
+        """Images per split, each counted once (a repeated training split by its distinct images)."""
+        return {name: len(self.split(name)) // (self.train_repeats if name == "train" else 1) for name in SPLITS}

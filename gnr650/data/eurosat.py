@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from gnr650.data.datamodule import SPLITS, DecodedImageDataModule
+from gnr650.data.datamodule import SPLITS, DecodedImageDataModule, repeated
 from gnr650.data.decoded_store import decoded_splits
 from gnr650.data.folders import missing_data, scan_class_folders
 from gnr650.data.splits import VTAB_SPLIT_SEED, class_balanced_subset, sample_per_class, stratified_split, vtab1k
@@ -29,7 +29,9 @@ class EuroSATDataModule(DecodedImageDataModule):
     images from the second. ``refit``: train on all 1,000 (VTAB's final run; validation is then not held out).
 
     ``train_per_class``: train on that many images of each class, drawn with the seed from the training split
-    (validation and test stay whole): the x axis of a data-efficiency curve.
+    (validation and test stay whole): the x axis of a data-efficiency curve. ``min_train_images``: an epoch holds at
+    least this many training images, a smaller training set repeated whole (k copies, rounded up), so that every size
+    trains about as many steps and is validated as often; ``summary()`` counts each image once.
     """
 
     name = "eurosat"
@@ -44,6 +46,7 @@ class EuroSATDataModule(DecodedImageDataModule):
         protocol: str | None = None,
         refit: bool = False,
         train_per_class: int | None = None,
+        min_train_images: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -66,7 +69,10 @@ class EuroSATDataModule(DecodedImageDataModule):
                 f"dataset.train_per_class={train_per_class!r}: a whole number of at least 1, and not with "
                 "dataset.protocol (VTAB-1k fixes its own 800 training images)."
             )
+        if min_train_images is not None and not is_count(min_train_images):
+            raise DataSettingError(f"dataset.min_train_images={min_train_images!r}: a whole number of at least 1.")
         self.protocol, self.refit, self.train_per_class = protocol, bool(refit), train_per_class
+        self.min_train_images = min_train_images
 
     def _image_dir(self) -> Path:
         candidates = [self.root / "eurosat" / "2750", self.root / "2750"]
@@ -139,4 +145,15 @@ class EuroSATDataModule(DecodedImageDataModule):
             name: (f"eurosat-{name}", [files[i] for i in p.tolist()], labels_t[p].tolist())
             for name, p in zip(SPLITS, parts)
         }
-        return decoded_splits(parts, self.storage, self.skip_unreadable), class_names
+        splits = decoded_splits(parts, self.storage, self.skip_unreadable)
+        if self.min_train_images:
+            self.train_repeats = -(-self.min_train_images // len(splits["train"]))
+            if self.train_repeats > 1:
+                log.info(
+                    "The %d training images are repeated %d times an epoch (dataset.min_train_images=%d).",
+                    len(splits["train"]),
+                    self.train_repeats,
+                    self.min_train_images,
+                )
+                splits["train"] = repeated(splits["train"], self.train_repeats)
+        return splits, class_names

@@ -304,3 +304,19 @@ def test_train_per_class_keeps_that_many_of_each_class_and_the_other_splits_whol
         EuroSATDataModule(root=str(fake_data), train_per_class=7, cache_dir=str(tmp_path)).setup()
     with pytest.raises(DataSettingError, match="not with dataset.protocol"):
         EuroSATDataModule(root=str(fake_data), train_per_class=2, protocol="vtab1k", cache_dir=str(tmp_path))
+
+
+def test_a_small_training_set_is_repeated_whole_up_to_min_train_images(fake_data, tmp_path):
+    few = EuroSATDataModule(root=str(fake_data), train_per_class=2, min_train_images=45, cache_dir=str(tmp_path))
+    few.setup()
+    train = few.split("train")
+    assert few.train_repeats == 3 and len(train) == 60  # 20 distinct images, 3 copies: the first count >= 45
+    distinct = train.files[:20]
+    assert train.files == distinct * 3 and torch.equal(train.images, train.images[:20].repeat(3, 1, 1, 1))
+    assert torch.equal(train.labels, train.labels[:20].repeat(3))
+    assert few.summary() == {"train": 20, "val": 20, "test": 20}  # each image counted once
+    enough = EuroSATDataModule(root=str(fake_data), train_per_class=2, min_train_images=20, cache_dir=str(tmp_path))
+    enough.setup()
+    assert enough.train_repeats == 1 and enough.split("train").files == distinct
+    with pytest.raises(DataSettingError, match="min_train_images=0"):
+        EuroSATDataModule(root=str(fake_data), min_train_images=0, cache_dir=str(tmp_path))

@@ -152,3 +152,4 @@ def test_data_efficiency_preset_sweeps_sizes_strategies_and_seeds(tmp_path):
     params = cfg.hydra.sweeper.params
     assert params["dataset.train_per_class"] == "1,2,5,10,25,100" and params.finetune == "last,lora,full"
     assert params.seed == "0,1,2" and list(cfg.callbacks) == ["model_checkpoint", "lr_monitor"]
+    assert cfg.dataset.min_train_images == 1000  # every size trains as many steps as 100 images per class
