@@ -97,6 +97,12 @@ def _optimizers(jobs: list[Job]) -> str:
     return _distinct(jobs, lambda j: f"{j.results.get('finetune')}: {_optimizer(j)}" if _optimizer(j) else None)
 
 
+def _seeds(job: Job) -> str | None:
+    """The run's seed, or a tuned job's seeds (protocol=tuned trains one run per seed)."""
+    seed = job.results.get("seed")
+    return ", ".join(map(str, seed)) if isinstance(seed, list) else seed
+
+
 def _precision(job: Job) -> str | None:
     """What the run trained at (``trainer.precision=auto`` resolved), else the configured value."""
     used = (job.results.get("precision") or {}).get("used")
@@ -148,7 +154,7 @@ def header(jobs: list[Job]) -> list[tuple[str, str]]:
         ("Epochs trained", _distinct(jobs, _epochs)),
         ("Optimizer", _optimizers(jobs)),
         ("Precision", _distinct(jobs, _precision)),
-        ("Seed" if len(jobs) == 1 else "Seeds", _distinct(jobs, lambda j: j.results.get("seed"))),
+        ("Seed" if len(jobs) == 1 else "Seeds", _distinct(jobs, _seeds)),
         ("Commit", _distinct(jobs, _commit)),
         ("Versions", _distinct(jobs, _versions)),
         ("Machine", _distinct(jobs, _machine)),

@@ -140,6 +140,16 @@ def _sweep_sections(
     seed_table, seed_intervals = tables.seed_table(jobs), tables.seed_interval_table(jobs)
     tuned = tables.tuned_table(jobs)
     if tuned:
+        results.blocks.append(
+            Paragraphs(
+                [
+                    "A protocol=tuned job chose its learning rate on validation alone (the test split is not evaluated "
+                    "during the search), then trained once per seed at it: its row above is the mean over those "
+                    "seeds, its fit time their sum."
+                ],
+                bullets=False,
+            )
+        )
         results.blocks.append(TableBlock(tuned, "Learning rates chosen on validation (protocol=tuned)"))
     if seed_table:
         results.blocks.append(TableBlock(seed_table, "Mean ± std over seeds"))

@@ -76,6 +76,17 @@ def choose(trials: list[dict[str, Any]]) -> dict[str, Any]:
     return min(done, key=lambda t: (-t["val_acc"], abs(math.log(t["lr_scale"]))))
 
 
+def edge_warning(chosen: float, scales: list[float]) -> list[str]:
+    """A choice at the end of the grid may be short of the best rate: say so, and how to look further."""
+    if len(scales) < 2 or min(scales) < chosen < max(scales):
+        return []
+    end = "largest" if chosen == max(scales) else "smallest"
+    return [
+        f"The chosen learning rate is the {end} of the grid (x{chosen:g} of tune.lr_scales={scales}): the best may lie "
+        f"beyond it; widen tune.lr_scales past x{chosen:g}."
+    ]
+
+
 class TuningError(RuntimeError, UserError):
     """The search could not choose a learning rate, or its settings cannot work."""
 
@@ -207,7 +218,8 @@ def _job_results(
         "status": "completed",
         "error": None,
         "seed": [run["seed"] for run in runs],
-        "warnings": [f"seed {run['seed']}: {w}" for run in runs for w in run["warnings"]],
+        "warnings": edge_warning(chosen["lr_scale"], [float(s) for s in cfg.tune.lr_scales])
+        + [f"seed {run['seed']}: {w}" for run in runs for w in run["warnings"]],
         "metrics": metrics,
         "per_class": per_class,
         "tuned": {

@@ -60,7 +60,8 @@ def test_the_search_never_evaluates_test_and_garbage_test_labels_change_no_choic
     trials = len(SCALES)
     assert evaluated[:trials] == [("train", "val")] * trials  # the search: never the test split
     assert evaluated[trials:] == [("train", "val", "test")] * 2  # the seeds at the choice
-    assert job["tuned"]["chosen"]["lr_scale"] != 1.0  # the choice is the search's, not the default's
+    assert job["tuned"]["chosen"]["lr_scale"] == 10.0  # the search's, not the recipe's: the grid's largest, so
+    assert job["warnings"][0].startswith("The chosen learning rate is the largest of the grid (x10 of")
 
     with monkeypatch.context() as patch:
         _garbage_test_labels(patch)
@@ -174,3 +175,29 @@ def test_a_trial_that_diverges_is_recorded_failed_and_the_search_goes_on(tmp_pat
     assert status == {0.1: "completed", 1.0: "completed", 10.0: "failed"}
     assert job["tuned"]["chosen"]["lr_scale"] == 1.0
     assert job["tuned"]["test_acc"]["mean"] == pytest.approx(0.55) and job["tuned"]["test_acc"]["n"] == 2
+
+
+def test_edge_warning_only_at_an_end_of_the_grid():
+    from gnr650.tuning.protocol import edge_warning
+
+    assert edge_warning(1.0, [0.1, 1.0, 10.0]) == []
+    assert "smallest of the grid (x0.1" in edge_warning(0.1, [0.1, 1.0, 10.0])[0]
+    assert edge_warning(1.0, [1.0]) == []  # one scale: nothing to widen from
+
+
+def test_the_summary_shows_the_choice_every_trial_and_the_seeds_interval(clean):
+    from gnr650.summary import write_summary
+    from gnr650.summary.tables import interval, percent
+
+    job, _, out = clean
+    summary = write_summary(out).multirun_dir / "summary.md"
+    text = summary.read_text()
+    chosen, test = job["tuned"]["chosen"], job["tuned"]["test_acc"]
+    trials = " · ".join(f"x{t['lr_scale']:g} {percent(t['val_acc'])}" for t in job["tuned"]["trials"])
+    row = (
+        f"| last | {chosen['lr_head']:g} / {chosen['lr_backbone']:g} (x{chosen['lr_scale']:g}) | {trials} | "
+        f"{percent(test['mean'], test['std'])} (2) | {interval(test['low'], test['high'])} |"
+    )
+    assert row in text, text
+    assert "its row above is the mean over those seeds" in " ".join(text.split())
+    assert "- **Seed**: 0, 1\n" in text  # one job, two seeds
