@@ -189,7 +189,7 @@ def _search_then_seeds(
     for seed in cfg.tune.seeds:
         seed_dir = out / "seeds" / f"seed_{seed}"
         results = train(seed_config(cfg, chosen["lr_scale"], int(seed), seed_dir))
-        runs.append({"seed": int(seed), "run_dir": str(seed_dir.relative_to(out)), **results})
+        runs.append({**results, "seed": int(seed), "run_dir": str(seed_dir.relative_to(out))})
     return _job_results(cfg, trials, chosen, runs, search_s, time.perf_counter() - start)
 
 

@@ -78,7 +78,8 @@ def test_job_results_are_the_seeds_own_numbers(clean):
     job, _, tmp_path = clean
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["status"] == "completed" and saved["tuned"] == json.loads(json.dumps(job["tuned"]))
-    seeds = [json.loads((tmp_path / "seeds" / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert [s["run_dir"] for s in job["tuned"]["seeds"]] == ["seeds/seed_0", "seeds/seed_1"]  # inside the job
+    seeds = [json.loads((tmp_path / s["run_dir"] / "results.json").read_text()) for s in job["tuned"]["seeds"]]
     assert [r["seed"] for r in seeds] == [0, 1]
     chosen = job["tuned"]["chosen"]
     for run in seeds:
