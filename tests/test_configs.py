@@ -100,7 +100,7 @@ RECIPES = {  # each strategy's optimizer, from its paper (configs/recipe/<finetu
     "lora": SHARED,
     "llrd": {**SHARED, "lr_head": 2.5e-4, "lr_backbone": 2.5e-4},
     "vpt": {"algorithm": "sgd", "lr_head": 0.05, "lr_backbone": 1e-4, "weight_decay": 1e-4},
-    "vpt_deep": {"algorithm": "sgd", "lr_head": 0.05, "lr_backbone": 1e-4, "weight_decay": 1e-4},
+    "vpt_deep": {"algorithm": "sgd", "lr_head": 0.005, "lr_backbone": 1e-4, "weight_decay": 1e-4},
 }
 
 
