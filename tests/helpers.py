@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytorch_lightning as pl
@@ -163,3 +164,19 @@ def real_weights() -> Path | None:
     d = os.environ.get("GNR650_WEIGHTS_DIR")
     p = Path(d) / "vit_tiny_patch16_224.safetensors" if d else None
     return p if p and p.is_file() else None
+
+
+def optimizer_settings(**changes) -> SimpleNamespace:
+    """An ``optimizer`` config as ``warmup_cosine_optimizer`` reads it: AdamW, configs/train.yaml's values, ``changes``
+    on top."""
+    base = {
+        "algorithm": "adamw",
+        "momentum": 0.9,
+        "lr_head": 1e-3,
+        "lr_backbone": 1e-4,
+        "weight_decay": 0.05,
+        "betas": (0.9, 0.999),
+        "warmup_epochs": 1.0,
+        "min_lr_ratio": 0.0,
+    }
+    return SimpleNamespace(**(base | changes))

@@ -1,7 +1,6 @@
 """The strategy zoo (bitfit, norm, lora, llrd, vpt): exact counts, exactly the declared parameters train, bad input."""
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from gnr650.finetune.strategies import apply_freeze, evaluating, is_under, set_m
 from gnr650.interpret.attention import cls_attention, extract_attention, patch_grid, patch_maps
 from gnr650.models import build_resnet18, build_vit
 from gnr650.training.optim import warmup_cosine_optimizer
-from tests.helpers import make_cfg
+from tests.helpers import make_cfg, optimizer_settings
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": ["attn.qkv"]}
 ZOO = {
@@ -34,16 +33,7 @@ EXPECTED = {
     "resnet18": {"bitfit": 9_930, "norm": 14_730},
 }
 NORMS = (nn.LayerNorm, nn.BatchNorm2d)
-HP = SimpleNamespace(
-    algorithm="adamw",
-    momentum=0.9,
-    lr_head=1e-2,
-    lr_backbone=1e-3,
-    weight_decay=0.05,
-    betas=(0.9, 0.999),
-    warmup_epochs=0.0,
-    min_lr_ratio=0.0,
-)
+HP = optimizer_settings(lr_head=1e-2, lr_backbone=1e-3, warmup_epochs=0.0)
 
 
 def _build(model, img_size=32):

@@ -8,17 +8,9 @@ import torch
 from torch import nn
 
 from gnr650.training.optim import OptimizerSettingError, warmup_cosine_optimizer
+from tests.helpers import optimizer_settings
 
-HP = SimpleNamespace(
-    algorithm="adamw",
-    momentum=0.9,
-    lr_head=1e-2,
-    lr_backbone=1e-4,
-    weight_decay=0.05,
-    betas=(0.9, 0.999),
-    warmup_epochs=1.0,
-    min_lr_ratio=0.1,
-)
+HP = optimizer_settings(lr_head=1e-2, min_lr_ratio=0.1)
 
 
 def _net() -> nn.Module:
