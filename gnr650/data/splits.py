@@ -61,7 +61,8 @@ def vtab1k(train: torch.Tensor, val: torch.Tensor, seed: int, refit: bool) -> tu
     if train.numel() < VTAB_TRAIN or val.numel() < VTAB_VAL:
         raise DataSettingError(
             f"VTAB-1k draws {VTAB_TRAIN} training and {VTAB_VAL} validation images, but the pools hold "
-            f"{train.numel()} and {val.numel()}: use a larger data set or dataset.fraction."
+            f"{train.numel()} and {val.numel()} (the train and val parts of the data set's ratio split): this data "
+            "set is too small for it; leave dataset.protocol at null."
         )
     g = torch.Generator().manual_seed(seed)
     train800 = torch.sort(train[torch.randperm(train.numel(), generator=g)[:VTAB_TRAIN]]).values
