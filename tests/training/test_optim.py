@@ -1,6 +1,7 @@
 """The shared optimizer: parameter groups by head/backbone and decay, warm-up then cosine per step."""
 
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -115,10 +116,12 @@ def test_lr_scales_and_weight_decays_set_each_parameters_rate_and_decay():
     assert all(g["betas"] == (0.8, 0.99) for g in optimizer.param_groups)
 
 
+@pytest.mark.parametrize("algorithm", ["adamw", "sgd"])
 @pytest.mark.parametrize("device,fused", [("cpu", True), ("cuda", True), ("mps", False)])
-def test_adamw_is_fused_on_cpu_and_cuda_only(device, fused):
+def test_the_optimizer_is_fused_on_cpu_and_cuda_only(algorithm, device, fused):
     """One fused kernel per step where torch has one for the run's device (the step time the benchmark reports)."""
-    optimizer, _ = warmup_cosine_optimizer(_net(), ["head"], HP, 10, 1, torch.device(device))
+    hp = SimpleNamespace(**{**vars(HP), "algorithm": algorithm})
+    optimizer, _ = warmup_cosine_optimizer(_net(), ["head"], hp, 10, 1, torch.device(device))
     assert all(bool(g["fused"]) is fused for g in optimizer.param_groups)
 
 
@@ -151,7 +154,10 @@ def test_sgd_keeps_the_groups_and_takes_the_momentum():
 
 
 def test_unknown_algorithm_is_refused_with_the_choices():
-    with pytest.raises(OptimizerSettingError, match=r"optimizer.algorithm='adam' is not one of adamw, sgd"):
+    whole = (
+        "optimizer.algorithm='adam' is not one of adamw, sgd (sgd: with optimizer.momentum, as VPT trains its prompts)."
+    )
+    with pytest.raises(OptimizerSettingError, match=f"^{re.escape(whole)}$"):
         warmup_cosine_optimizer(
             _net(), ["head"], SimpleNamespace(**{**vars(HP), "algorithm": "adam"}), 10, 1, torch.device("cpu")
         )
