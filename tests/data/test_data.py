@@ -1,5 +1,6 @@
 """Splits (sizes, disjointness, stratification), sampling by seed, decoding, the decoded-data cache."""
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -320,3 +321,20 @@ def test_a_small_training_set_is_repeated_whole_up_to_min_train_images(fake_data
     assert enough.train_repeats == 1 and enough.split("train").files == distinct
     with pytest.raises(DataSettingError, match="min_train_images=0"):
         EuroSATDataModule(root=str(fake_data), min_train_images=0, cache_dir=str(tmp_path))
+
+
+def test_vtab1k_takes_pools_of_exactly_800_and_200_and_refuses_either_short():
+    from gnr650.data.splits import vtab1k
+
+    train, val = torch.arange(800) * 2, torch.arange(200) * 2 + 1
+    drawn, held = vtab1k(train, val, seed=3, refit=False)
+    assert torch.equal(drawn, train) and torch.equal(held, val)  # everything, sorted
+    refit, _ = vtab1k(train, val, seed=3, refit=True)
+    assert torch.equal(refit, torch.sort(torch.cat([train, val])).values)
+    whole = (
+        "VTAB-1k draws 800 training and 200 validation images, but the pools hold {} and {} (the train and val parts "
+        "of the data set's ratio split): this data set is too small for it; leave dataset.protocol at null."
+    )
+    for short_train, short_val in ((799, 1000), (1000, 199)):
+        with pytest.raises(DataSettingError, match=f"^{re.escape(whole.format(short_train, short_val))}$"):
+            vtab1k(torch.arange(short_train), torch.arange(short_val), seed=0, refit=False)
