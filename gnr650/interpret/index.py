@@ -50,6 +50,10 @@ class ArtifactKind(StrEnum):
     TSNE_PLOT = "tsne_plot"
     TEST_PREDICTIONS = "test_predictions"
     LEARNING_CURVES_PLOT = "learning_curves_plot"  # train and val accuracy and loss per epoch (learning_curves.py)
+    # Does it hold up (gnr650/robustness/callback.py): accuracy and calibration under shifts, WiSE curve.
+    ROBUSTNESS_JSON = "robustness_json"
+    ROBUSTNESS_CSV = "robustness_csv"  # one row per (shift, level)
+    RELIABILITY_PLOT = "reliability_plot"  # reliability diagram, clean test data, before and after temperature
 
 
 def artifacts_dir(run_dir: str | Path) -> Path:
