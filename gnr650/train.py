@@ -25,6 +25,7 @@ from gnr650.data.images import oversized_warning
 from gnr650.errors import full_tracebacks, reporting_user_errors, user_error
 from gnr650.finetune import StrategyError, count_params, feature_cache, prepare_from_config
 from gnr650.finetune.knn import KNNBank, KNNClassifier
+from gnr650.finetune.strategies import check_lp_epochs
 from gnr650.interpret.callbacks import weights_epoch
 from gnr650.interpret.index import artifacts_dir
 from gnr650.interpret.learning_curves import export_learning_curves
@@ -90,6 +91,7 @@ def _checkpoint_dir(callbacks: list[Any], output_dir: Path) -> Path:
 
 def build(cfg: DictConfig) -> tuple[DecodedImageDataModule, BuiltModel, ClassificationModule]:
     """Data first (cheap to check), then the model, the strategy and the LightningModule."""
+    check_lp_epochs(cfg.finetune.get("lp_epochs"), cfg.trainer.get("max_epochs"))
     dm: DecodedImageDataModule = instantiate(cfg.dataset)
     dm.setup()
     built: BuiltModel = instantiate(cfg.model, num_classes=dm.num_classes)
@@ -134,6 +136,7 @@ def build(cfg: DictConfig) -> tuple[DecodedImageDataModule, BuiltModel, Classifi
         built.head + strategy.new,  # the modules at lr_head: the head, and adapters or prompts
         **OmegaConf.to_container(cfg.optimizer, resolve=True),
         lr_scales=strategy.lr_scales,
+        lp_epochs=ft.get("lp_epochs") or 0,
     )
     return dm, built, module
 

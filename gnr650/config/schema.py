@@ -51,8 +51,12 @@ class FinetuneSchema:
     """configs/finetune/*.yaml: what trains (gnr650/finetune/strategies.py)."""
 
     name: str = MISSING
-    train_blocks: Any = MISSING  # "all" or the number of last blocks to train (checked by trainable_modules)
+    train_blocks: Any = MISSING  # "all" or the number of blocks to train (checked by trainable_modules)
     train_head: bool = MISSING
+    # Which end train_blocks counts from: top = the last k blocks and the neck, bottom = the stem and the first k.
+    blocks_from: str = "top"
+    # LP-FT: epochs in which only the head trains (backbone frozen, eval mode) before the strategy fine-tunes.
+    lp_epochs: int | None = None
     # Frozen-prefix feature caching (gnr650/finetune/feature_cache.py): auto = on where exact (no augmentation,
     # something frozen before the first trainable block), true = refuse the run where not, false = off.
     cache_features: Any = "auto"
@@ -115,6 +119,17 @@ class AnalysisSchema:
 
 
 @dataclass
+class RobustnessSchema:
+    """``robustness`` (configs/callbacks/robustness.yaml): the settings of the shift suite."""
+
+    images: int | None = 1000
+    shifts: list[str] = field(default_factory=lambda: ["all"])
+    seed: int = 0
+    baseline: str = "finetune=last"
+    wise_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+@dataclass
 class TuneSchema:
     """``tune`` (configs/protocol/tuned.yaml): the learning-rate search and the seeds after it (gnr650/tuning)."""
 
@@ -143,6 +158,7 @@ class TrainSchema:
     optimizer: OptimizerSchema = field(default_factory=OptimizerSchema)
     finetune: FinetuneSchema = field(default_factory=FinetuneSchema)
     analysis: AnalysisSchema | None = None  # set by the analysis callbacks option
+    robustness: RobustnessSchema | None = None  # set by the robustness callbacks option
     tune: TuneSchema | None = None  # set by protocol=tuned
     dataset: Any = MISSING
     model: Any = MISSING

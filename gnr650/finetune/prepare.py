@@ -8,7 +8,7 @@ from typing import Any
 
 from gnr650.finetune.layer_decay import layer_decay_scales
 from gnr650.finetune.lora import add_lora
-from gnr650.finetune.strategies import trainable_modules
+from gnr650.finetune.strategies import StrategyError, is_under, trainable_modules
 from gnr650.finetune.vpt import add_prompts
 from gnr650.models import BuiltModel
 
@@ -31,14 +31,25 @@ def prepare_strategy(
     lora: Mapping[str, Any] | None = None,
     vpt: Mapping[str, Any] | None = None,
     layer_decay: float | None = None,
+    blocks_from: str = "top",
+    lp_epochs: int | None = None,
 ) -> Strategy:
     """Check the settings, then add ``lora`` adapters / ``vpt`` prompts to ``built.net`` (in place).
 
     ``lora``: ``r``, ``alpha``, ``dropout``, ``targets``; ``vpt``: ``tokens``, ``deep``; ``layer_decay``
     in (0, 1]. The adapters and prompts train on top of ``train_blocks``/``train_head``/``train_params``, at
-    ``lr_head`` (they start from scratch, as the head does).
+    ``lr_head`` (they start from scratch, as the head does). ``blocks_from``: see ``trainable_modules``.
+    ``lp_epochs`` (LP-FT, trained by the LightningModule): the head alone trains first, so the strategy must
+    train it and more.
     """
-    trainable = trainable_modules(built, train_blocks, train_head, train_params)
+    trainable = trainable_modules(built, train_blocks, train_head, train_params, blocks_from)
+    if lp_epochs is not None and (not train_head or all(is_under(m, built.head) for m in trainable)):
+        raise StrategyError(
+            "finetune.lp_epochs (LP-FT) trains the head alone for lp_epochs epochs, then fine-tunes the backbone "
+            f"with it, but finetune.train_blocks={train_blocks!r}, train_head={train_head}, "
+            f"train_params={train_params!r} leave nothing beyond the head to fine-tune; set finetune.train_head=true "
+            "and finetune.train_blocks (finetune=lpft: all), or use finetune=last for the probe alone."
+        )
     if layer_decay is not None:
         layer_decay_scales(built, layer_decay)  # checked before the network changes
     new = []
@@ -61,4 +72,6 @@ def prepare_from_config(built: BuiltModel, finetune: Mapping[str, Any]) -> Strat
         lora=finetune.get("lora"),
         vpt=finetune.get("vpt"),
         layer_decay=finetune.get("layer_decay"),
+        blocks_from=finetune.get("blocks_from", "top"),
+        lp_epochs=finetune.get("lp_epochs"),
     )

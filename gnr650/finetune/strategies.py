@@ -21,6 +21,7 @@ WHOLE = ""  # module name of the whole network
 # Normalisation layers whose affine weight and bias ``norm`` trains (timm's LayerNorm2d etc. subclass these).
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 PARAM_SELECTIONS = ("bias", "norm")
+BLOCKS_FROM = ("top", "bottom")
 
 
 class StrategyError(ValueError, UserError):
@@ -28,18 +29,28 @@ class StrategyError(ValueError, UserError):
 
 
 def trainable_modules(
-    built: BuiltModel, train_blocks: int | str, train_head: bool = True, train_params: str | None = None
+    built: BuiltModel,
+    train_blocks: int | str,
+    train_head: bool = True,
+    train_params: str | None = None,
+    blocks_from: str = "top",
 ) -> list[str]:
     """Names of the modules (and parameters) to train.
 
-    ``train_blocks``: ``"all"`` (the whole network, stem and embeddings included) or k, the last k
-    blocks plus the neck (e.g. ViT's final norm). The head trains when ``train_head``; training
-    blocks under a frozen, freshly initialised head is refused. ``train_params`` adds single
-    parameters anywhere in the network: ``bias`` (BitFit) or ``norm`` (normalisation affine weights).
+    ``train_blocks``: ``"all"`` (the whole network, stem and embeddings included) or k: with
+    ``blocks_from="top"`` the last k blocks plus the neck (e.g. ViT's final norm), with ``"bottom"`` the
+    stem plus the first k blocks (surgical fine-tuning, Lee et al. 2023). The head trains when
+    ``train_head``; training blocks under a frozen, freshly initialised head is refused. ``train_params``
+    adds single parameters anywhere in the network: ``bias`` (BitFit) or ``norm`` (normalisation affine weights).
     """
     if train_params is not None and train_params not in PARAM_SELECTIONS:
         raise StrategyError(
             f"finetune.train_params must be one of {', '.join(PARAM_SELECTIONS)} or null (got {train_params!r})."
+        )
+    if blocks_from not in BLOCKS_FROM:
+        raise StrategyError(
+            f"finetune.blocks_from must be top (the last train_blocks blocks and the neck) or bottom (the stem and "
+            f"the first train_blocks blocks) (got {blocks_from!r})."
         )
     n = len(built.blocks)
     if train_blocks == "all":
@@ -61,12 +72,15 @@ def trainable_modules(
             "Training blocks while the freshly initialised head stays frozen cannot learn the task; "
             "set finetune.train_head=true."
         )
-    names = built.block_modules(built.blocks[n - train_blocks :]) if train_blocks else []
-    if train_blocks:
-        names += built.neck
+    names = []
+    if train_blocks and blocks_from == "top":
+        names = built.block_modules(built.blocks[n - train_blocks :]) + built.neck
+    elif train_blocks:
+        names = built.stem + built.block_modules(built.blocks[:train_blocks])
     if train_head:
         names += built.head
-    names = [m for m in names if _has_module(built.net, m)]
+    params = {name for name, _ in built.net.named_parameters()}
+    names = [m for m in names if m in params or _has_module(built.net, m)]
     if train_params is not None:
         if train_params == "norm" and not any(isinstance(m, NORM_LAYERS) for m in built.net.modules()):
             raise StrategyError(f"finetune=norm: {built.name} has no normalisation layers to train.")
@@ -139,3 +153,19 @@ def count_params(net: nn.Module) -> dict[str, int]:
         "total": sum(p.numel() for p in net.parameters()),
         "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
     }
+
+
+def check_lp_epochs(lp_epochs: int | None, max_epochs: int | None) -> None:
+    """LP-FT's probe phase must be whole epochs and leave at least one to fine-tune; checked before data are read."""
+    if lp_epochs is None:
+        return
+    if isinstance(lp_epochs, bool) or not isinstance(lp_epochs, int) or lp_epochs < 1:
+        raise StrategyError(
+            f"finetune.lp_epochs must be a number of epochs >= 1 (got {lp_epochs!r}): the head alone trains that long "
+            "before everything is fine-tuned; null for no probe phase."
+        )
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs <= lp_epochs:
+        raise StrategyError(
+            f"finetune.lp_epochs={lp_epochs} leaves no epoch to fine-tune in trainer.max_epochs={max_epochs}: "
+            f"set trainer.max_epochs above {lp_epochs}" + (" or lower finetune.lp_epochs." if lp_epochs > 1 else ".")
+        )

@@ -24,8 +24,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 @dataclass
 class BuiltModel:
-    """A network and its structure: ordered ``blocks`` (module names), the ``neck`` trained with any
-    block, the classifier ``head``; ``mean``/``std`` when pretrained weights fix the normalisation."""
+    """A network and its structure: ordered ``blocks`` (module names), the ``stem`` before the first block
+    (module or parameter names: ``patch_embed``, ``cls_token``), the ``neck`` trained with any block, the
+    classifier ``head``; ``mean``/``std`` when pretrained weights fix the normalisation."""
 
     name: str
     net: nn.Module
@@ -38,6 +39,7 @@ class BuiltModel:
     weights: str | None = None
     # Modules that train with a block beside it (timm groups a stage's downsampling layer with its first block).
     block_parts: dict[str, list[str]] = field(default_factory=dict)
+    stem: list[str] = field(default_factory=list)
 
     def block_modules(self, blocks: list[str]) -> list[str]:
         """The given blocks with the modules that train with them."""
@@ -72,7 +74,7 @@ def build_resnet18(
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
     blocks = [f"layer{s}.{i}" for s in range(1, 5) for i in range(len(getattr(net, f"layer{s}")))]
-    built = BuiltModel(name, net, blocks=blocks, head=["fc"], img_size=img_size)
+    built = BuiltModel(name, net, blocks=blocks, head=["fc"], img_size=img_size, stem=["conv1", "bn1"])
     path = Path(weights) if weights else (find_local_weights(weights_dir, "resnet18") if pretrained else None)
     if path is not None:
         load_weights(net, path, head=["fc"])
@@ -160,6 +162,7 @@ def build_vit(
     the timm hub."""
     kwargs = {"img_size": img_size, "drop_path_rate": drop_path_rate}
     net, source = _create_timm(arch, num_classes, kwargs, pretrained, weights, weights_dir)
+    params = [p for p, _ in net.named_parameters()]
     built = BuiltModel(
         name or arch,
         net,
@@ -167,6 +170,13 @@ def build_vit(
         head=["head_drop", "head"],
         neck=["norm", "fc_norm"],
         img_size=img_size,
+        # The embeddings (those this ViT has): the patch embedding, the tokens and position embedding it owns
+        # itself as parameters, a pre-norm.
+        stem=[
+            n
+            for n in ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre")
+            if any(p == n or p.startswith(n + ".") for p in params)
+        ],
     )
     return _pretrained_stats(built, net, source)
 
@@ -186,7 +196,7 @@ def build_timm(
     Blocks are timm's fine-grained layer groups (``group_matcher(coarse=False)``, the groups timm's
     layer-decay uses; see ``_timm_structure``); a stage's downsampling layer trains with the block timm
     groups it with (``block_parts``); the final norm and everything after the last block but the
-    classifier (``get_classifier``) form the neck.
+    classifier (``get_classifier``) form the neck; the groups before the first block, the stem.
     ``img_size``: null = the size the architecture was defined for (``pretrained_cfg``); an int is passed
     to models that take one (ViT, Swin) and otherwise only resizes the input (convolutional nets).
     """
@@ -206,11 +216,18 @@ def build_timm(
             raise
         net, source = _create_timm(arch, num_classes, kwargs, pretrained, weights, weights_dir)
     classifier = classifier_name(net)
-    blocks, parts, neck = _timm_structure(net, classifier)
+    stem, blocks, parts, neck = _timm_structure(net, classifier)
     if img_size is None:
         img_size = net.pretrained_cfg["input_size"][-1]
     built = BuiltModel(
-        name or arch, net, blocks=blocks, head=[classifier], neck=neck, img_size=img_size, block_parts=parts
+        name or arch,
+        net,
+        blocks=blocks,
+        head=[classifier],
+        neck=neck,
+        img_size=img_size,
+        block_parts=parts,
+        stem=stem,
     )
     return _pretrained_stats(built, net, source)
 
@@ -224,8 +241,8 @@ def classifier_name(net: nn.Module) -> str:
     return name
 
 
-def _timm_structure(net: nn.Module, classifier: str) -> tuple[list[str], dict[str, list[str]], list[str]]:
-    """Blocks, the modules timm groups with each block, and the neck, from timm's fine-grained layer groups.
+def _timm_structure(net: nn.Module, classifier: str) -> tuple[list[str], list[str], dict[str, list[str]], list[str]]:
+    """Stem, blocks, the modules timm groups with each block, and the neck, from timm's fine-grained layer groups.
 
     A group holds one block (the module whose name, digits aside, is the most common one: ``blocks.#``,
     ``stages.#.blocks.#``, ``s#.b#``; or a stage holding just one) with what timm groups before it (a
@@ -248,7 +265,7 @@ def _timm_structure(net: nn.Module, classifier: str) -> tuple[list[str], dict[st
     if not shapes:
         raise ValueError(f"timm's {type(net).__name__}: no numbered blocks among its layer groups.")
     shape = shapes.most_common(1)[0][0]
-    blocks, parts, neck = [], {}, []
+    stem, blocks, parts, neck = [], [], {}, []
     for modules in groups:
         # A block, or a stage holding a single block (its whole module is the group: ``blocks.6`` for ``blocks.6.0``).
         at = [i for i, m in enumerate(modules) if f"{shape}.".startswith(re.sub(r"\d+", "#", m) + ".")]
@@ -259,7 +276,9 @@ def _timm_structure(net: nn.Module, classifier: str) -> tuple[list[str], dict[st
             neck += modules[at[-1] + 1 :]
         elif blocks:
             neck += modules
-    return blocks, parts, neck
+        else:
+            stem += modules
+    return stem, blocks, parts, neck
 
 
 def _covering_modules(net: nn.Module, params: list[str]) -> list[str]:

@@ -145,7 +145,12 @@ class Robustness(ArtifactExport):
                 shifted_logits.append(logits)
                 rows.append({"shift": shift.name, "group": shift.group, "level": level, **calibration(logits, labels)})
 
-        wise = self._wise(trainer, pl_module, cache, images, labels, runnable)
+        middle = [r["acc"] for s in runnable for r in rows if r["shift"] == s.name and r["level"] == s.middle_level]
+        end_point = {
+            "clean_acc": float((clean_logits.argmax(1) == labels).double().mean()),
+            "shifted_acc": float(np.mean(middle)) if middle else None,
+        }
+        wise = self._wise(trainer, pl_module, cache, images, labels, runnable, end_point)
         result = self._numbers(clean_logits, labels, temperature, rows, shifted_logits, skipped, wise)
         result.update(
             split=self.split,
@@ -187,8 +192,10 @@ class Robustness(ArtifactExport):
             "wise_shifts": WISE_SHIFTS,
         }
 
-    def _wise(self, trainer, pl_module, cache, images, labels, shifts: list[Shift]) -> list[dict]:
-        """Accuracy clean and under each shift at its middle level, for each WiSE-FT mixing weight."""
+    def _wise(self, trainer, pl_module, cache, images, labels, shifts: list[Shift], end_point: dict) -> list[dict]:
+        """Accuracy clean and under each shift at its middle level, for each WiSE-FT mixing weight. ``end_point``
+        holds the evaluated network's two numbers: alpha 1 is that network, and so is every alpha when nothing
+        outside the classifier moved (``last``, ``frozen``, ``knn``), so those are not evaluated again."""
         if not self.wise_alphas:
             return []
         net = pl_module.net
@@ -198,23 +205,23 @@ class Robustness(ArtifactExport):
             log.warning("Robustness: no start weights of this network's structure, so no WiSE curve.")
             return []
         head = an.classifier(net)[0]
+        moved = any(not torch.equal(start[k].to(v.device), v) for k, v in _interpolate(start, end, 0.0, head).items())
+
+        def accuracy(x: torch.Tensor) -> float:
+            return float((self._logits(trainer, pl_module, x).argmax(1) == labels).double().mean())
+
         curve = []
         try:
             for alpha in self.wise_alphas:
+                if alpha == 1 or not moved:
+                    curve.append({"alpha": alpha, **end_point})
+                    continue
                 net.load_state_dict(_interpolate(start, end, alpha, head))
-                clean = self._logits(trainer, pl_module, images)
-                shifted = [
-                    float(
-                        (self._logits(trainer, pl_module, cache.get(s, s.middle_level)).argmax(1) == labels)
-                        .double()
-                        .mean()
-                    )
-                    for s in shifts
-                ]
+                shifted = [accuracy(cache.get(s, s.middle_level)) for s in shifts]
                 curve.append(
                     {
                         "alpha": alpha,
-                        "clean_acc": float((clean.argmax(1) == labels).double().mean()),
+                        "clean_acc": accuracy(images),
                         "shifted_acc": float(np.mean(shifted)) if shifted else None,
                     }
                 )

@@ -32,7 +32,9 @@ class ClassificationModule(pl.LightningModule):
 
     ``trainable`` names the modules that learn (see ``gnr650.finetune.strategies``); the others are frozen and
     stay in eval mode. ``head`` parameters use ``lr_head``, the rest ``lr_backbone``, each times its
-    ``lr_scales`` entry (layer-wise decay) if given. The test stage
+    ``lr_scales`` entry (layer-wise decay) if given. With ``lp_epochs`` (LP-FT, Kumar et al. 2022) the
+    ``head`` modules alone train for the first ``lp_epochs`` epochs (the rest frozen, in eval mode, at lr 0:
+    its warm-up and cosine start after them), then all of ``trainable``. The test stage
     is the final evaluation: the datamodule's ``final_splits`` (all of ``SPLITS`` unless a search leaves test out),
     each split measured separately.
     """
@@ -54,6 +56,7 @@ class ClassificationModule(pl.LightningModule):
         min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.0,
         lr_scales: dict[str, float] | None = None,
+        lp_epochs: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "preprocess", "lr_scales"])
@@ -63,6 +66,9 @@ class ClassificationModule(pl.LightningModule):
         self.class_names = list(class_names)
         self.trainable = list(trainable)
         self.head = list(head)
+        self.lp_epochs = lp_epochs
+        # What trains in the current phase; all of ``trainable`` until a fit starts (so the optimizer holds it all).
+        self.active = self.trainable
         apply_freeze(net, self.trainable)
         k = len(class_names)
         self.train_metrics = _accuracy(k).clone(prefix="train/")
@@ -93,12 +99,29 @@ class ClassificationModule(pl.LightningModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        set_mode(self.net, self.trainable, mode)
+        set_mode(self.net, self.active, mode)
         return self
 
     def on_fit_start(self):
         # Lightning keeps whatever mode the modules are in; a fresh module is all in train mode.
         self.train()
+
+    def phase_trainable(self, epoch: int) -> list[str]:
+        """What trains in ``epoch`` (from 0): LP-FT's head during the probe epochs, else ``trainable``."""
+        return self.head if epoch < self.lp_epochs else self.trainable
+
+    def _enter_phase(self) -> None:
+        self.active = self.phase_trainable(self.current_epoch)
+        apply_freeze(self.net, self.active)
+        self.train()
+
+    # The phase follows from the epoch number: set at every epoch start and when a fit starts, since a run resumed
+    # inside an epoch starts without the epoch-start hook.
+    def on_train_start(self):
+        self._enter_phase()
+
+    def on_train_epoch_start(self):
+        self._enter_phase()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -200,5 +223,6 @@ class ClassificationModule(pl.LightningModule):
             self.trainer.max_epochs,
             self.device,
             self.lr_scales,
+            backbone_start_epoch=self.lp_epochs,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

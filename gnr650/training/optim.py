@@ -7,7 +7,7 @@ One definition, used by the LightningModule and by the benchmark's plain loop, s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -41,6 +41,7 @@ def warmup_cosine_optimizer(
     device: torch.device,
     lr_scales: Mapping[str, float] | None = None,
     weight_decays: Mapping[str, float] | None = None,
+    backbone_start_epoch: int = 0,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """``hp.algorithm`` (``adamw`` or ``sgd``) over ``net``'s trainable parameters and its per-step schedule.
 
@@ -49,6 +50,8 @@ def warmup_cosine_optimizer(
     ``lr_backbone``; biases and norms (parameters of fewer than 2 dimensions) get no weight decay.
     ``lr_scales`` (by parameter name, e.g. layer-wise decay from ``gnr650.finetune``) multiply those rates;
     ``weight_decays`` (by name) replace ``weight_decay`` for those parameters (a grid of heads).
+    ``backbone_start_epoch``: the backbone's warm-up and cosine start at this epoch, its lr 0 before (LP-FT's
+    probe phase); the head's run over every step.
     """
     scales, decays = lr_scales or {}, weight_decays or {}
     groups: dict[tuple[str, bool, float, float], list[nn.Parameter]] = {}
@@ -82,14 +85,24 @@ def warmup_cosine_optimizer(
         optimizer = torch.optim.AdamW(param_groups, betas=tuple(hp.betas), fused=fused)
     total = max(1, int(total_steps))
     warmup = int(round(hp.warmup_epochs * total / max(1, epochs or 1)))
+    backbone_start = int(round(backbone_start_epoch * total / max(1, epochs or 1)))
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    def schedule(start: int) -> Callable[[int], float]:
+        """The lr factor at each step: 0 before ``start``, then warm-up and cosine over the steps left."""
+
+        def factor(step: int) -> float:
+            step -= start
+            if step < 0:
+                return 0.0
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - start - warmup))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return factor
 
     # Not SequentialLR(LinearLR, CosineAnnealingLR): it matches this to 2e-13 (relative) only with min_lr_ratio=0, as
     # CosineAnnealingLR's eta_min is one absolute lr for all groups (backbone floor 99x off at lr_head/lr_backbone=100)
     # and it rises again after T_max, where this stays at the floor.
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    factors = [schedule(0 if part == "head" else backbone_start) for part, *_ in groups]
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factors)

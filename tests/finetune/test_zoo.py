@@ -1,4 +1,5 @@
-"""The strategy zoo (bitfit, norm, lora, llrd, vpt): exact counts, exactly the declared parameters train, bad input."""
+"""The strategy zoo (bitfit, norm, lora, llrd, vpt, first1, lpft): exact counts, exactly the declared parameters
+train, bad input."""
 
 import copy
 
@@ -25,12 +26,37 @@ ZOO = {
     "vpt": {"vpt": {"tokens": 10, "deep": False}},
     "vpt_deep": {"vpt": {"tokens": 10, "deep": True}},
     "llrd": {"train_blocks": "all", "layer_decay": 0.75},
+    "first1": {"train_blocks": 1, "blocks_from": "bottom"},
+    "lpft": {"train_blocks": "all", "lp_epochs": 1},  # the fine-tuning phase's: everything
 }
 ARCHS = {"vit_ti16": "vit_tiny_patch16_224", "vit_b16": "vit_base_patch16_224"}
+# first1, ViT at 224 px: patch embedding 3 * 16**2 * d + d, CLS token d, position embedding 197 * d, one block
+# 12 * d**2 + 13 * d, head 10 * d + 10 (d = 192, 768); ResNet-18: conv1 9,408, bn1 128, layer1.0 73,984, fc 5,130.
 EXPECTED = {
-    "vit_ti16": {"bitfit": 27_658, "norm": 11_530, "lora": 75_658, "vpt": 3_850, "vpt_deep": 24_970},
-    "vit_b16": {"bitfit": 110_602, "norm": 46_090, "lora": 302_602, "vpt": 15_370, "vpt_deep": 99_850},
-    "resnet18": {"bitfit": 9_930, "norm": 14_730},
+    "vit_ti16": {
+        "bitfit": 27_658,
+        "norm": 11_530,
+        "lora": 75_658,
+        "vpt": 3_850,
+        "vpt_deep": 24_970,
+        "first1": 632_458,
+        "lpft": 5_526_346,
+    },
+    "vit_b16": {
+        "bitfit": 110_602,
+        "norm": 46_090,
+        "lora": 302_602,
+        "vpt": 15_370,
+        "vpt_deep": 99_850,
+        "first1": 7_838_218,
+        "lpft": 85_806_346,
+    },
+    "resnet18": {"bitfit": 9_930, "norm": 14_730, "first1": 88_650, "lpft": 11_181_642},
+}
+# What first1 trains, as parameter-name prefixes: the stem, the first block, the head.
+FIRST1 = {
+    "vit_ti16": ("patch_embed.", "cls_token", "pos_embed", "blocks.0.", "head."),
+    "resnet18": ("conv1.", "bn1.", "layer1.0.", "fc."),
 }
 NORMS = (nn.LayerNorm, nn.BatchNorm2d)
 HP = optimizer_settings(lr_head=1e-2, lr_backbone=1e-3, warmup_epochs=0.0)
@@ -51,7 +77,7 @@ def _prepare(built, strategy):
 def test_exact_trainable_counts(model):
     for strategy, expected in EXPECTED[model].items():
         with torch.device("meta"):  # shapes only: counting needs no initialised weights
-            built = _build(model)
+            built = _build(model, img_size=224)  # the README's counts: the position embedding's size depends on it
             apply_freeze(built.net, _prepare(built, strategy).trainable)
         assert count_params(built.net)["trainable"] == expected, strategy
 
@@ -85,6 +111,8 @@ def _declared(net: nn.Module, strategy: str) -> set[str]:
         "vpt": {"blocks.prompts"} | head,
         "vpt_deep": {"blocks.prompts"} | head,
         "llrd": names,
+        "first1": {n for n in names if n.startswith(FIRST1["vit_ti16"])},
+        "lpft": names,
     }[strategy]
 
 
@@ -114,6 +142,47 @@ def test_one_step_changes_only_the_declared_parameters(model, strategy, vit_ti):
     _step(built, plan, torch.randn(4, 3, 32, 32))
     changed = {k for k, v in built.net.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == _declared(built.net, strategy)
+
+
+@pytest.mark.parametrize("model", list(FIRST1))
+def test_first1_trains_the_stem_the_first_block_and_the_head_and_nothing_else(model, vit_ti):
+    """Surgical fine-tuning's names, from the parameter-name prefixes: after a few steps everything else is
+    bit-identical, BatchNorm statistics included (ResNet's trained stem and first block update theirs)."""
+    torch.manual_seed(0)
+    built = copy.deepcopy(vit_ti) if model == "vit_ti16" else _build(model)
+    plan = _prepare(built, "first1")
+    apply_freeze(built.net, plan.trainable)
+    expected = {n for n, _ in built.net.named_parameters() if n.startswith(FIRST1[model])}
+    assert {n for n, p in built.net.named_parameters() if p.requires_grad} == expected
+    set_mode(built.net, plan.trainable, True)
+    optimizer, _ = warmup_cosine_optimizer(built.net, built.head, HP, 10, 1, torch.device("cpu"))
+    before = {k: v.clone() for k, v in built.net.state_dict().items()}
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(built.net(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()
+        optimizer.step()
+    changed = {k for k, v in built.net.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {k for k in before if k.startswith(FIRST1[model])}
+
+
+def test_blocks_from_must_be_top_or_bottom():
+    with torch.device("meta"), pytest.raises(StrategyError, match=r"blocks_from must be top .* or bottom .*'middle'"):
+        prepare_strategy(_build("vit_ti16"), 1, True, blocks_from="middle")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"train_blocks": 0},
+        {"train_blocks": 0, "lora": LORA},  # the adapters train in the probe too, at lr_head with the head
+        {"train_blocks": 0, "train_head": False, "train_params": "bias"},
+    ],
+)
+def test_lp_epochs_need_a_probed_head_and_more_to_fine_tune(settings, vit_ti):
+    built = copy.deepcopy(vit_ti)
+    with pytest.raises(StrategyError, match="leave nothing beyond the head to fine-tune.*finetune=lpft: all"):
+        prepare_strategy(built, lp_epochs=1, **settings)
+    assert set(built.net.state_dict()) == set(vit_ti.net.state_dict())  # refused before adapters were added
 
 
 def test_merged_lora_gives_the_adapted_logits(vit_ti):
@@ -235,6 +304,8 @@ CONFIG_COUNTS = {
     "vpt": (1_930 + 1_920, 1_920),
     "vpt_deep": (1_930 + 23_040, 23_040),
     "llrd": (5_526_346, 0),
+    "first1": (632_458, 0),
+    "lpft": (5_526_346, 0),
 }
 
 

@@ -19,22 +19,36 @@ def last_metric_keys(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "strategy,cached_at",
-    [("bitfit", None), ("norm", "blocks.0"), ("lora", "blocks.0"), ("vpt", "blocks.0"), ("llrd", None)],
+    [
+        ("bitfit", None),
+        ("norm", "blocks.0"),
+        ("lora", "blocks.0"),
+        ("vpt", "blocks.0"),
+        ("llrd", None),
+        ("first1", None),
+        ("lpft", None),  # the probe's frozen backbone trains later: nothing to cache
+    ],
 )
 def test_strategy_trains_and_reports_like_the_others(strategy, cached_at, last_metric_keys, tmp_path):
-    results = train(make_cfg(SMOKE + [f"finetune={strategy}"], tmp_path))
+    probe = ["trainer.max_epochs=2"] if strategy == "lpft" else []  # an epoch to probe, one to fine-tune
+    results = train(make_cfg(SMOKE + [f"finetune={strategy}", *probe], tmp_path))
     assert results["status"] == "completed" and set(results["metrics"]) == last_metric_keys
     assert 0 < results["params"]["trainable"] <= results["params"]["total"]
     assert (results["feature_cache"] or {}).get("at") == cached_at
+    if strategy == "lpft":  # the count of the fine-tuning phase, as results.json and the console header give it
+        assert results["params"]["trainable"] == results["params"]["total"]
     if strategy == "lora":  # the best checkpoint (evaluated) holds the adapted model, adapters trained
         state = torch.load(results["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
         lora_b = [v for k, v in state.items() if ".lora_B." in k]
         assert len(lora_b) == 12 and all(v.abs().sum() > 0 for v in lora_b)
 
 
-def test_cache_refused_where_the_embeddings_train(tmp_path):
+@pytest.mark.parametrize("strategy", ["bitfit", "lpft"])
+def test_cache_refused_where_the_embeddings_train(strategy, tmp_path):
     with pytest.raises(FeatureCacheError, match="nothing before the first trainable module is frozen"):
-        train(make_cfg(SMOKE + ["finetune=bitfit", "finetune.cache_features=true"], tmp_path))
+        train(
+            make_cfg(SMOKE + [f"finetune={strategy}", "finetune.cache_features=true", "trainer.max_epochs=2"], tmp_path)
+        )
 
 
 @pytest.mark.parametrize("strategy", ["knn", "last_grid"])

@@ -11,10 +11,10 @@ from torch import nn
 
 from gnr650.finetune import StrategyError, count_params, prepare_strategy
 from gnr650.finetune.feature_cache import cut_network
-from gnr650.finetune.strategies import apply_freeze, set_mode
+from gnr650.finetune.strategies import apply_freeze, is_under, set_mode
 from gnr650.interpret.analysis import representation_layers
 from gnr650.interpret.index import ArtifactKind, find_artifacts
-from gnr650.models import build_timm
+from gnr650.models import build_timm, build_vit
 from gnr650.train import train
 from gnr650.training.optim import warmup_cosine_optimizer
 from tests.finetune.test_zoo import HP, LORA
@@ -162,3 +162,26 @@ def test_single_block_stages_are_blocks():
         built = build_timm(10, "efficientnet_b0", pretrained=False)
     assert len(built.blocks) == sum(len(stage) for stage in built.net.blocks)
     assert built.neck == ["conv_head", "bn2"] and built.head == ["classifier"]
+
+
+@pytest.mark.parametrize(
+    "arch,stem,first",
+    [
+        ("convnext_atto", ["stem"], "stages.0.blocks.0"),
+        ("efficientnet_b0", ["conv_stem", "bn1"], "blocks.0"),
+        ("swin_tiny_patch4_window7_224", ["patch_embed"], "layers.0.blocks.0"),
+        ("vit_tiny_patch16_224", ["cls_token", "pos_embed", "patch_embed"], "blocks.0"),
+    ],
+)
+def test_the_stem_is_what_timm_groups_before_the_first_block_and_first1_trains_it(arch, stem, first):
+    """Stem, blocks, neck and head cover every parameter; first1 (blocks_from=bottom) trains the stem, the first
+    block and the head. build_vit names the same ViT stem by hand."""
+    with torch.device("meta"):
+        built = build_timm(10, arch, pretrained=False)
+        vit = build_vit(10, arch, pretrained=False) if arch.startswith("vit_") else None
+    assert built.stem == stem and built.blocks[0] == first
+    parts = built.stem + built.block_modules(built.blocks) + built.neck + built.head
+    assert all(is_under(n, parts) for n, _ in built.net.named_parameters())
+    assert prepare_strategy(built, 1, True, blocks_from="bottom").trainable == stem + [first] + built.head
+    if vit is not None:
+        assert set(vit.stem) == set(stem)

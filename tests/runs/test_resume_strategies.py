@@ -1,5 +1,5 @@
 """Every zoo strategy resumes after an interruption with the metrics of an uninterrupted run (adapters, prompts,
-per-layer learning rates and the head grid included)."""
+per-layer learning rates, the head grid and LP-FT's phases included)."""
 
 import signal
 
@@ -11,23 +11,28 @@ from tests.helpers import SignalAt, make_cfg
 from tests.runs.test_resume import assert_same_metrics
 
 RUN = ["debug=smoke", "model=vit_ti16", "trainer.max_epochs=2", "logger=none", "callbacks=none"]  # 4 steps an epoch
+# The overrides, and the epoch whose second batch is interrupted.
 STRATEGIES = {
-    "bitfit": ["finetune=bitfit"],
-    "norm": ["finetune=norm"],
-    "lora": ["finetune=lora"],
-    "llrd": ["finetune=llrd"],
-    "vpt_deep": ["finetune=vpt_deep"],
-    "head_grid": ["finetune=last_grid"],
+    "bitfit": (["finetune=bitfit"], 1),
+    "norm": (["finetune=norm"], 1),
+    "lora": (["finetune=lora"], 1),
+    "llrd": (["finetune=llrd"], 1),
+    "vpt_deep": (["finetune=vpt_deep"], 1),
+    "head_grid": (["finetune=last_grid"], 1),
+    "first1": (["finetune=first1"], 1),
+    "lpft": (["finetune=lpft"], 1),  # resumed inside the fine-tuning epoch
+    "lpft_probe": (["finetune=lpft"], 0),  # interrupted in the probe, resumed across into the fine-tuning
 }
 
 
 @pytest.mark.parametrize("strategy", [pytest.param(s, marks=pytest.mark.slow) for s in STRATEGIES])
 def test_interrupted_strategy_resumes_exactly(strategy, tmp_path):
-    args = RUN + STRATEGIES[strategy]
+    overrides, epoch = STRATEGIES[strategy]
+    args = RUN + overrides
     reference = train(make_cfg(args, tmp_path / "reference"))
     interrupt = [
         f"+callbacks.signal._target_={SignalAt.__module__}.SignalAt",
-        "+callbacks.signal.epoch=1",
+        f"+callbacks.signal.epoch={epoch}",
         "+callbacks.signal.batch=1",
         f"+callbacks.signal.signum={int(signal.SIGINT)}",
     ]

@@ -79,6 +79,46 @@ def test_schedule_is_the_closed_form_at_every_step_for_every_group(warmup_epochs
         schedule.step()
 
 
+def test_backbone_schedule_starts_at_its_epoch_and_the_heads_spans_the_run():
+    """LP-FT: the backbone at lr 0 for 3 of 10 epochs, then the schedule a 7-epoch run would have (warm-up of one
+    epoch, cosine over the rest); the head's is the 10-epoch run's."""
+    hp = SimpleNamespace(**{**vars(HP), "min_lr_ratio": 0.0})
+    optimizer, schedule = warmup_cosine_optimizer(
+        _net(), ["head"], hp, total_steps=100, epochs=10, device=torch.device("cpu"), backbone_start_epoch=3
+    )
+
+    def closed_form(step: int, total: int) -> float:
+        progress = (step - 10) / (total - 10)
+        return (step + 1) / 11 if step < 10 else (1 + math.cos(math.pi * progress)) / 2
+
+    for step in range(100):
+        for group in optimizer.param_groups:
+            if group["name"].startswith("head"):
+                expected = closed_form(step, 100)
+            else:
+                expected = 0.0 if step < 30 else closed_form(step - 30, 70)
+            assert group["lr"] == pytest.approx(group["initial_lr"] * expected, rel=1e-12, abs=0), (step, group)
+        optimizer.step()
+        schedule.step()
+
+
+@pytest.mark.parametrize("algorithm", ["adamw", "sgd"])
+def test_parameters_without_gradients_are_not_stepped(algorithm):
+    """LP-FT's probe leaves the backbone in the optimizer with no gradient: no weight decay, no momentum for it."""
+    net = _net().requires_grad_(True)
+    hp = SimpleNamespace(**{**vars(HP), "algorithm": algorithm, "warmup_epochs": 0.0, "weight_decay": 0.5})
+    optimizer, _ = warmup_cosine_optimizer(net, ["head"], hp, 10, 1, torch.device("cpu"))
+    net.body.requires_grad_(False)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for _ in range(2):
+        optimizer.zero_grad()
+        net(torch.randn(3, 4)).sum().backward()
+        optimizer.step()
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items() if k.startswith("body."))
+    assert not torch.equal(net.head.weight, before["head.weight"])
+    assert all(not optimizer.state.get(p) for p in net.body.parameters())
+
+
 def test_nothing_trainable_is_refused():
     net = _net().requires_grad_(False)
     with pytest.raises(RuntimeError, match="finetune=frozen"):
