@@ -150,7 +150,9 @@ class Robustness(ArtifactExport):
             "clean_acc": float((clean_logits.argmax(1) == labels).double().mean()),
             "shifted_acc": float(np.mean(middle)) if middle else None,
         }
+        t3 = time.perf_counter()
         wise = self._wise(trainer, pl_module, cache, images, labels, runnable, end_point)
+        wise_s = time.perf_counter() - t3
         result = self._numbers(clean_logits, labels, temperature, rows, shifted_logits, skipped, wise)
         result.update(
             split=self.split,
@@ -162,6 +164,7 @@ class Robustness(ArtifactExport):
             seconds=time.perf_counter() - t0,
             seconds_building_shifts=build_s,
             seconds_evaluating_shifts=eval_s,
+            seconds_wise=wise_s,
         )
         entries = self._files(
             result, rows, clean_logits, labels, temperature, shifted_logits, _model_name(pl_module.net)

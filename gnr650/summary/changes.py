@@ -35,7 +35,7 @@ class Section:
     data: dict = field(default_factory=dict)
 
 
-def _artefact(job: Job, kind: ArtifactKind) -> Path | None:
+def artefact(job: Job, kind: ArtifactKind) -> Path | None:
     """The job's latest end-phase file of ``kind``, found through its artefact index."""
     paths = find_artifacts(artifacts_dir(job.dir), kind, phase=PHASE_END)
     return paths[-1] if paths else None
@@ -43,9 +43,15 @@ def _artefact(job: Job, kind: ArtifactKind) -> Path | None:
 
 def load_analyses(jobs: list[Job]) -> list[tuple[int, Job, dict]]:
     """(position, job, analysis.json) of the completed jobs that wrote one."""
+    return load_json_artefacts(jobs, ArtifactKind.ANALYSIS_JSON)
+
+
+def load_json_artefacts(jobs: list[Job], kind: ArtifactKind) -> list[tuple[int, Job, dict]]:
+    """(position, job, contents) of the completed jobs whose index lists a JSON file of ``kind``; an unreadable
+    file is logged and skipped."""
     found = []
     for i, job in enumerate(jobs):
-        path = _artefact(job, ArtifactKind.ANALYSIS_JSON) if job.ok else None
+        path = artefact(job, kind) if job.ok else None
         if path is None:
             continue
         try:
@@ -126,7 +132,7 @@ def observations(jobs: list[Job], analyses: list[tuple[int, Job, dict]]) -> list
         if a.ok and b.ok and _finetune(a) == "last" and _finetune(b) == "frozen" and _others(a) == _others(b)
     ]
     for last, frozen in pairs:
-        paths = [_artefact(j, ArtifactKind.ATTENTION_NPZ) for j in (last, frozen)]
+        paths = [artefact(j, ArtifactKind.ATTENTION_NPZ) for j in (last, frozen)]
         if None in paths:
             continue
         with np.load(paths[0]) as za, np.load(paths[1]) as zb:

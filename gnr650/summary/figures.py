@@ -140,7 +140,6 @@ def params_accuracy_figure(jobs: list[Job]) -> Figure | None:
     if not groups:
         return None
     fig = Figure(figsize=(8, 5.2), layout="constrained")
-    FigureCanvasAgg(fig)  # adjustText measures the labels with the figure's renderer
     ax = fig.add_subplot()
     texts, xs, ys = [], [], []
     for name, points in groups.items():
@@ -158,10 +157,17 @@ def params_accuracy_figure(jobs: list[Job]) -> Figure | None:
     ax.set_title("Test accuracy against trainable parameters, per strategy")
     ax.margins(x=0.12, y=0.12)  # room for the labels of the outermost points
     ax.grid(alpha=0.3)
-    fig.canvas.draw()  # settle the layout first: the labels are placed in its final pixel positions
-    fig.set_layout_engine("none")
-    adjust_text(texts, x=xs, y=ys, ax=ax, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
+    place_labels(ax, texts, xs, ys)
     return fig
+
+
+def place_labels(ax, texts: list, xs: list[float], ys: list[float]) -> None:
+    """Move the point labels ``texts`` apart (adjustText) so that none overprints another. Call it when the figure
+    is complete: its layout is settled first, then frozen, so the labels keep the pixel positions they get."""
+    FigureCanvasAgg(ax.figure)  # adjustText measures the labels with the figure's renderer
+    ax.figure.canvas.draw()
+    ax.figure.set_layout_engine("none")
+    adjust_text(texts, x=xs, y=ys, ax=ax, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
 
 
 def curves_figure(jobs: list[Job]) -> Figure | None:

@@ -62,7 +62,7 @@ def job_records(jobs: list[Job]) -> list[dict]:
     return records
 
 
-def _seed_groups(jobs: list[Job]) -> dict[str, list[Job]]:
+def seed_groups(jobs: list[Job]) -> dict[str, list[Job]]:
     """Jobs grouped by their swept overrides other than `seed`; empty when seed is not swept."""
     if not any("seed" in job.swept for job in jobs):
         return {}
@@ -76,7 +76,7 @@ def _seed_groups(jobs: list[Job]) -> dict[str, list[Job]]:
 def seed_records(jobs: list[Job]) -> list[dict]:
     """Mean and sample std over the completed seeds of each group."""
     records = []
-    for label, group in _seed_groups(jobs).items():
+    for label, group in seed_groups(jobs).items():
         done = [j for j in group if j.ok]
         record = {
             "label": label,
@@ -85,16 +85,17 @@ def seed_records(jobs: list[Job]) -> list[dict]:
             "jobs": len(group),
         }
         for name, _ in ACCURACIES:
-            record[f"{name}_mean"], record[f"{name}_std"] = _mean_std(
+            record[f"{name}_mean"], record[f"{name}_std"] = mean_std(
                 [v for j in done if (v := j.metric(name)) is not None]
             )
         fits = [(j.results.get("timing") or {}).get("fit_s") for j in done]
-        record["fit_s_mean"], record["fit_s_std"] = _mean_std([f for f in fits if f is not None])
+        record["fit_s_mean"], record["fit_s_std"] = mean_std([f for f in fits if f is not None])
         records.append(record)
     return records
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value; None, None for none)."""
     if not values:
         return None, None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -230,7 +231,7 @@ def seed_interval_table(jobs: list[Job]) -> Table | None:
     """Test accuracy across seeds per setting: mean ± std and the Student-t 95% interval (None: seed not swept)."""
     groups = {
         label: values
-        for label, group in _seed_groups(jobs).items()
+        for label, group in seed_groups(jobs).items()
         if (values := [v for j in group if (v := j.metric("test/acc")) is not None])
     }
     if not groups:
@@ -238,7 +239,7 @@ def seed_interval_table(jobs: list[Job]) -> Table | None:
     rows = []
     for label, values in groups.items():
         bounds = significance.t_interval(values)
-        mean, std = _mean_std(values)
+        mean, std = mean_std(values)
         rows.append([label, str(len(values)), percent(mean, std), interval(*bounds) if bounds else MISSING])
     headers = ["Setting (seeds pooled)", "Seeds", "Test Accuracy (mean ± std)", "95% Interval (t)"]
     return Table(headers, rows, [False] * len(rows))

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from gnr650.files import atomic_write
 from gnr650.interpret.index import PHASE_END, ArtifactKind, artifacts_dir, find_artifacts
-from gnr650.summary import attention, changes, explorer, figures, header, significance, tables
+from gnr650.summary import attention, changes, explorer, figures, header, robustness, significance, tables
 from gnr650.summary.collect import Job, collect_jobs
 from gnr650.summary.report import (
     Document,
@@ -57,14 +57,19 @@ def write_summary(multirun_dir: str | Path) -> Summary:
     summary = Summary(root, jobs)
     records, seeds = tables.job_records(jobs), tables.seed_records(jobs)
     swept = list(jobs[0].swept) if jobs else []
+    held = _holds_up(jobs)
+    for record, numbers in zip(records, robustness.records(held, jobs) if held else []):
+        record.update(numbers)
     _write(summary, "summary.csv", tables.to_csv(records))
     data = {"multirun_dir": str(root), "swept": swept, "jobs": records, "seed_aggregate": seeds or None}
+    if held:
+        data["robustness"] = robustness.data(held)
     _write(summary, "summary.json", json.dumps(data, indent=2, default=str) + "\n")
 
     predictions = significance.load_predictions(jobs)
     accuracy, pairs = significance.accuracy_rows(predictions), significance.pairwise_rows(predictions)
     attentions = attention.load_attention(jobs)
-    drawn = [entry for entry in _figures(jobs, attentions) if entry is not None]
+    drawn = [entry for entry in (*_figures(jobs, attentions), *_robustness_figures(held)) if entry is not None]
     entropy = _draw(
         "attention_entropy.png",
         "Entropy in nats of the CLS token's attention over the patches per layer, per head and then averaged over "
@@ -90,7 +95,7 @@ def write_summary(multirun_dir: str | Path) -> Summary:
     doc = Document(
         header.title(jobs, swept),
         header.header(jobs),
-        _sweep_sections(root, jobs, swept, summary.table, pairs, changed, drawn, attentions),
+        _sweep_sections(root, jobs, swept, summary.table, pairs, changed, drawn, attentions, held),
     )
     _write(summary, "summary.md", render_markdown(doc))
     _write(summary, "report.html", render_html(doc))
@@ -106,10 +111,14 @@ RESULTS, OBSERVATIONS, CURVES, CHANGED, PER_CLASS, ATTENTION = (
     "Per-class detail",
     "Attention",
 )
+HOLDS_UP = robustness.HEADING
 FIGURE_SECTION = {
     "accuracy.png": RESULTS,
     "params_accuracy.png": RESULTS,
     "curves.png": CURVES,
+    "robustness_accuracy.png": HOLDS_UP,
+    "robustness_shifts.png": HOLDS_UP,
+    "robustness_wise.png": HOLDS_UP,
     "what_changed.png": CHANGED,
     "attention_entropy.png": CHANGED,
     "kernel_norms.png": CHANGED,
@@ -125,9 +134,10 @@ def _sweep_sections(
     changed: changes.Section | None,
     drawn: list[FigureEntry],
     attentions: list,
+    held: robustness.Robustness | None,
 ) -> list[Section]:
-    """Findings first: results (with intervals and the significant pairs), observations, learning curves, what
-    changed, per-class detail, attention; the long tables collapsed."""
+    """Findings first: results (with intervals and the significant pairs), observations, learning curves, does it
+    hold up (under shift), what changed, per-class detail, attention; the long tables collapsed."""
     attention_names = {attention.file_name(name) for name in attention.class_names(attentions)}
     placed: dict[str, list[FigureEntry]] = {}
     for entry in drawn:
@@ -160,6 +170,8 @@ def _sweep_sections(
     sections = [results, Section(OBSERVATIONS, [Paragraphs(_observations(jobs, pairs, changed))])]
     if CURVES in placed:
         sections.append(Section(CURVES, placed.pop(CURVES)))
+    if held:
+        sections.append(robustness.section(held, root, placed.pop(HOLDS_UP, [])))
     if changed or CHANGED in placed:
         what = Section(CHANGED, placed.pop(CHANGED, []))
         what.blocks += [
@@ -288,6 +300,49 @@ def _what_changed(jobs: list[Job]) -> changes.Section | None:
     except Exception:
         log.exception("Could not build the 'What changed' section")
         return None
+
+
+def _holds_up(jobs: list[Job]) -> robustness.Robustness | None:
+    """The jobs' robustness evaluations (None when no job has one); a failure there costs that section only."""
+    try:
+        return robustness.analyse(jobs)
+    except Exception:
+        log.exception("Could not read the jobs' robustness evaluations")
+        return None
+
+
+def _robustness_figures(held: robustness.Robustness | None):
+    """Yield the "Does it hold up?" figures as FigureEntry (None when not drawn), as ``_figures`` does."""
+    if not held:
+        return
+    trend = (
+        "the line is the least-squares fit of logit(shifted) on logit(clean) accuracy over these jobs, as Taori et al. "
+        "(2020) fit it; a job's effective robustness is its height above it"
+        if held.fit
+        else "no trend line: it needs at least 3 jobs with distinct clean accuracies"
+    )
+    yield _draw(
+        "robustness_accuracy.png",
+        "Shifted accuracy (the mean over every shift and level) against clean test accuracy, one point per job in "
+        f"its style, both axes logit-scaled; {trend}. Dotted: no loss under shift.",
+        robustness.accuracy_figure,
+        held,
+    )
+    yield _draw(
+        "robustness_shifts.png",
+        "Test accuracy of each job (column) under each shift (row, the mean over its levels; grouped, clean data "
+        'first); "skipped": the job could not take that shift.',
+        robustness.shift_figure,
+        held,
+    )
+    yield _draw(
+        "robustness_wise.png",
+        "WiSE-FT (Wortsman et al. 2022): accuracy with the backbone's weights interpolated between the job's start "
+        "(α = 0) and its fine-tuned weights (α = 1), the fine-tuned classifier kept; clean test data solid, shifted "
+        "dashed, one colour and marker per job.",
+        robustness.wise_figure,
+        held,
+    )
 
 
 def _figures(jobs: list[Job], attentions: list):

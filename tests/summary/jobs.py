@@ -210,3 +210,109 @@ def realistic_sweep(root: Path, strategies: list[str], test_images: int = 540, a
         }
         (job / "results.json").write_text(json.dumps(results))
     return root
+
+
+# The shift suite as robustness.json reports it: (group, shift, levels), in the suite's order.
+CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
+SHIFTS = (
+    *(("corruption", name, 5) for name in CORRUPTIONS),
+    ("remote_sensing", "cloud", 5),
+    ("remote_sensing", "haze", 5),
+    ("remote_sensing", "resolution", 2),
+    ("remote_sensing", "colour", 5),
+    *(("symmetry", name, 1) for name in ("rot90", "rot180", "rot270", "hflip", "vflip")),
+)
+
+
+def shift_error(shift: int, level: int) -> float:
+    """The fixtures' error pattern: rising with the level, different per shift (index in SHIFTS)."""
+    return 0.04 + 0.03 * level + 0.01 * (shift % 7)
+
+
+def robustness_report(
+    clean: float,
+    scale: float = 1.0,
+    *,
+    shifted: float | None = None,
+    baseline: str | None = "finetune=last",
+    skipped: tuple[str, ...] = (),
+    wise: bool = True,
+) -> dict:
+    """A robustness.json as gnr650/robustness writes it: every shift of SHIFTS at every level with error
+    ``scale * shift_error`` (``shifted``: every row at that accuracy instead), the ``skipped`` shifts left out and
+    listed, the means derived from the rows (None without rows, as when every shift was skipped)."""
+
+    def calibration(error: float, scaled: bool = False) -> dict:
+        return {"ece": (0.5 if scaled else 1.0) * (0.02 + 0.2 * error), "nll": 0.3 + 2 * error, "brier": 0.1 + error}
+
+    rows = []
+    for k, (group, name, levels) in enumerate(SHIFTS):
+        for level in range(1, levels + 1):
+            if name not in skipped:
+                acc = shifted if shifted is not None else 1 - scale * shift_error(k, level)
+                rows.append({"shift": name, "group": group, "level": level, "acc": acc} | calibration(1 - acc))
+    corruption = [r["acc"] for r in rows if r["group"] == "corruption"]
+    mean_corruption = float(np.mean(corruption)) if corruption else None
+    pooled = {k: float(np.mean([r[k] for r in rows])) for k in ("acc", "ece", "nll", "brier")} if rows else None
+    return {
+        "split": "test",
+        "images": 1000,
+        "native_size": [64, 64],
+        "weights_epoch": 3,
+        "seconds": 41.2,
+        "baseline": baseline,
+        "clean": {"acc": clean} | calibration(1 - clean),
+        "temperature": 1.27,
+        "clean_scaled": {"acc": clean} | calibration(1 - clean, scaled=True),
+        "shifts": rows,
+        "skipped": [{"shift": name, "reason": f"{name} needs images of at least 128 px"} for name in skipped],
+        "mean_corruption_acc": mean_corruption,
+        "relative_robustness": mean_corruption / clean if corruption else None,
+        "shifted_acc": pooled["acc"] if rows else None,
+        "shifted": pooled,
+        "shifted_scaled": {k: 0.5 * v for k, v in pooled.items()} if rows else None,
+        "wise": [
+            {
+                "alpha": a,
+                "clean_acc": 0.8 + (clean - 0.8) * a,
+                "shifted_acc": 0.6 + 0.1 * scale * a * (2 - a) if rows else None,
+            }
+            for a in (0.0, 0.25, 0.5, 0.75, 1.0)
+        ]
+        if wise
+        else [],
+        "wise_shifts": "each shift at its middle level",
+    }
+
+
+def add_robustness(job: Path, report: dict, path: str = "robustness/eval.json", reliability: bool = True) -> Path:
+    """Write ``report`` where ``path`` says under the job's artifacts/ and index it as the robustness callback
+    does (with a reliability diagram unless ``reliability=False``)."""
+    artifacts = artifacts_dir(job)
+    (artifacts / path).parent.mkdir(parents=True, exist_ok=True)
+    (artifacts / path).write_text(json.dumps(report))
+    entries = [entry(ArtifactKind.ROBUSTNESS_JSON, path, phase="end", epoch=report["weights_epoch"])]
+    if reliability:
+        from PIL import Image
+
+        plot = Path(path).parent / "reliability.png"
+        Image.new("RGB", (40, 30), "white").save(artifacts / plot)
+        entries.append(entry(ArtifactKind.RELIABILITY_PLOT, plot, phase="end"))
+    append_to_index(artifacts, entries)
+    return artifacts / path
