@@ -208,7 +208,7 @@ class Robustness(ArtifactExport):
             log.warning("Robustness: no start weights of this network's structure, so no WiSE curve.")
             return []
         head = an.classifier(net)[0]
-        moved = any(not torch.equal(start[k].to(v.device), v) for k, v in _interpolate(start, end, 0.0, head).items())
+        moved = any(not torch.equal(end[k], v) for k, v in _interpolate(start, end, 0.0, head).items())
 
         def accuracy(x: torch.Tensor) -> float:
             return float((self._logits(trainer, pl_module, x).argmax(1) == labels).double().mean())

@@ -158,3 +158,20 @@ def test_a_resumed_run_interpolates_from_the_true_start(tmp_path):
     assert got["wise"] == want["wise"] and got["shifts"] == want["shifts"]
     assert reference["metrics"]["test/acc"] == resumed["metrics"]["test/acc"]
     assert len({p["clean_acc"] for p in got["wise"]}) > 1 or np.ptp([p["shifted_acc"] for p in got["wise"]]) > 0
+
+
+def test_a_head_only_job_has_a_flat_wise_curve_without_evaluating_it_again(tmp_path, monkeypatch):
+    """finetune=last: the start backbone is the end one, so every alpha is the evaluated network; the suite's only
+    passes are val (temperature), clean and one per shift level."""
+    calls = []
+    logits = Robustness._logits
+    monkeypatch.setattr(Robustness, "_logits", lambda self, *a: calls.append(1) or logits(self, *a))
+    train(make_cfg(["debug=smoke", "model=resnet18", "finetune=last", "logger=none", *SUITE], tmp_path))
+    got = _robustness(tmp_path)
+    assert len(calls) == 2 + len(got["shifts"]) == 2 + 5 + 1 + 5
+    haze3 = next(r["acc"] for r in got["shifts"] if r["shift"] == "haze" and r["level"] == 3)
+    noise3 = next(r["acc"] for r in got["shifts"] if r["shift"] == "gaussian_noise" and r["level"] == 3)
+    rot = next(r["acc"] for r in got["shifts"] if r["shift"] == "rot90")
+    for point in got["wise"]:
+        assert point["clean_acc"] == got["clean"]["acc"]
+        assert point["shifted_acc"] == pytest.approx((haze3 + noise3 + rot) / 3, abs=1e-12)
