@@ -524,3 +524,45 @@ def wise_figure(held: Robustness) -> Figure | None:
     ax.grid(alpha=0.3)
     job_legend(fig, legend)
     return fig
+
+
+def run_blocks(report: dict) -> list:
+    """The run report's view of one robustness.json: what it measured in a few sentences, accuracy per shift and
+    level, and the WiSE curve (the reliability diagram is embedded by the run report from the index)."""
+    clean, scaled = report["clean"], report["clean_scaled"]
+    lines = [f"Clean test accuracy {percent(clean['acc'])} on {report['images']:,} test images."]
+    if report.get("mean_corruption_acc") is not None:
+        lines.append(
+            f"Mean over the ImageNet-C corruptions {percent(report['mean_corruption_acc'])} (relative robustness "
+            f"{report['relative_robustness']:.3f}); mean over every shift {percent(report['shifted_acc'])}."
+        )
+    lines.append(
+        f"ECE {percent(clean['ece'])} clean, {percent(scaled['ece'])} after temperature scaling (T = "
+        f"{report['temperature']:.2f}, fitted on validation)"
+        + (f"; {percent(report['shifted']['ece'])} under shift." if report.get("shifted") else ".")
+    )
+    lines += [f"Not evaluated: {s['shift']} ({s['reason']})" for s in report.get("skipped", [])]
+    levels = max((r["level"] for r in report["shifts"]), default=0)
+    rows = []
+    for name in dict.fromkeys(r["shift"] for r in report["shifts"]):
+        accs = {r["level"]: r["acc"] for r in report["shifts"] if r["shift"] == name}
+        group = next(r["group"] for r in report["shifts"] if r["shift"] == name)
+        cells = [percent(accs[lv]) if lv in accs else MISSING for lv in range(1, levels + 1)]
+        rows.append([name, group.replace("_", " "), *cells, percent(float(np.mean(list(accs.values()))))])
+    blocks: list = [Paragraphs(lines)]
+    if rows:
+        headers = ["Shift", "Group", *(f"Level {lv}" for lv in range(1, levels + 1)), "Mean"]
+        blocks.append(
+            TableBlock(Table(headers, rows, [False] * len(rows)), "Test accuracy per shift and level", id="shift-table")
+        )
+    if report.get("wise"):
+        wise = [[f"{p['alpha']:g}", percent(p["clean_acc"]), percent(p["shifted_acc"])] for p in report["wise"]]
+        headers = [
+            "α (0: start backbone, 1: fine-tuned)",
+            "Clean accuracy",
+            f"Shifted accuracy ({report['wise_shifts']})",
+        ]
+        blocks.append(
+            TableBlock(Table(headers, wise, [False] * len(wise)), "WiSE-FT weight interpolation", id="wise-table")
+        )
+    return blocks

@@ -13,7 +13,7 @@ from pathlib import Path
 from gnr650.data import SPLITS
 from gnr650.files import atomic_write
 from gnr650.interpret.index import ArtifactKind, artifacts_dir, read_index
-from gnr650.summary import changes, header, significance, tables
+from gnr650.summary import changes, header, robustness, significance, tables
 from gnr650.summary.collect import Job, collect_jobs
 from gnr650.summary.report import Document, FigureEntry, Links, Paragraphs, Section, TableBlock, render_html
 
@@ -34,6 +34,7 @@ EMBEDDED = {
         ArtifactKind.TSNE_PLOT: "t-SNE of the classifier's input features, start vs end",
     },
     "Per-class detail": {ArtifactKind.EVALUATION_PLOT: "Test confusion matrix and per-class accuracy"},
+    robustness.HEADING: {ArtifactKind.RELIABILITY_PLOT: "Reliability on the clean and shifted test images"},
     "Kernels and feature maps": {
         ArtifactKind.KERNEL_GRID: "First-layer kernels",
         ArtifactKind.FEATURE_MAPS: "Feature maps of one test image",
@@ -120,6 +121,12 @@ def _sections(job: Job) -> list[Section]:
                 blocks.append(TableBlock(table, "Faithfulness of explanations (deletion / insertion AUC)"))
         if heading == "Per-class detail":
             blocks.insert(0, TableBlock(_per_class_table(job), "Accuracy per class and split"))
+        if heading == robustness.HEADING:
+            blocks = [
+                b
+                for _, _, report in changes.load_json_artefacts([job], ArtifactKind.ROBUSTNESS_JSON)
+                for b in robustness.run_blocks(report)
+            ] + blocks
         if any(not isinstance(b, TableBlock) or b.table.rows for b in blocks):
             sections.append(Section(heading, blocks))
     attention = [_link(e) for e in index if e["kind"] in ATTENTION_KINDS]

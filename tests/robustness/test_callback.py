@@ -24,6 +24,7 @@ from gnr650.robustness.shifts import Shift, ShiftSettingError
 from gnr650.runs.last_checkpoint import RunInterrupted
 from gnr650.train import train
 from tests.helpers import SignalAt, make_cfg, tiny_overrides
+from tests.summary.html_report import parse, table
 
 SUITE = ["callbacks=[default,robustness]", "robustness.shifts=[haze,rot90,gaussian_noise]"]
 RESNET_FULL = ["debug=smoke", "model=resnet18", "finetune=full", "logger=none", *SUITE]
@@ -175,3 +176,19 @@ def test_a_head_only_job_has_a_flat_wise_curve_without_evaluating_it_again(tmp_p
     for point in got["wise"]:
         assert point["clean_acc"] == got["clean"]["acc"]
         assert point["shifted_acc"] == pytest.approx((haze3 + noise3 + rot) / 3, abs=1e-12)
+
+
+def test_the_run_report_shows_the_suite_as_robustness_json_has_it(tmp_path):
+    train(make_cfg(RESNET_FULL, tmp_path))
+    got = _robustness(tmp_path)
+    page = parse((tmp_path / "report.html").read_text())
+    shown = {row["Shift"]: row for row in table(page, "shift-table")}
+    assert list(shown) == ["gaussian_noise", "haze", "rot90"]  # suite order
+    for name, row in shown.items():
+        accs = [r["acc"] for r in got["shifts"] if r["shift"] == name]
+        assert row["Mean"] == f"{100 * sum(accs) / len(accs):.2f}%"
+        assert [row[f"Level {lv}"] for lv in range(1, len(accs) + 1)] == [f"{100 * a:.2f}%" for a in accs]
+    wise = table(page, "wise-table")
+    assert [float(r["α (0: start backbone, 1: fine-tuned)"]) for r in wise] == [p["alpha"] for p in got["wise"]]
+    assert [r["Clean accuracy"] for r in wise] == [f"{100 * p['clean_acc']:.2f}%" for p in got["wise"]]
+    assert "artifacts/reliability.png" in page.links and len(page.images) == 1  # logger=none: no learning curves
