@@ -99,6 +99,16 @@ class SignalAt(pl.Callback):
         os.kill(os.getpid(), self.signum)
 
 
+def signal_at(epoch: int, batch: int, signum: int = signal.SIGINT, marker: Path | None = None) -> list[str]:
+    """The overrides that add ``SignalAt`` to a run: ``signum`` at training batch ``batch`` of ``epoch``."""
+    return [
+        f"+callbacks.signal._target_={SignalAt.__module__}.SignalAt",
+        f"+callbacks.signal.epoch={epoch}",
+        f"+callbacks.signal.batch={batch}",
+        f"+callbacks.signal.signum={int(signum)}",
+    ] + ([f"+callbacks.signal.marker={marker}"] if marker else [])
+
+
 def kill_at_first(proc: subprocess.Popen, directory: Path, pattern: str, timeout: float = 240) -> Path:
     """SIGKILL a ``train_py`` process as soon as a file matching ``directory.glob(pattern)`` exists (e.g. its first
     ``last.ckpt``); returns that file. Fails if the process ends first."""

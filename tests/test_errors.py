@@ -24,7 +24,7 @@ from gnr650.models import WeightsError, build_vit
 from gnr650.runs.resume import continue_command
 from gnr650.runs.run_dirs import removed_when_unused
 from gnr650.train import hydra_task
-from tests.helpers import ROOT, SignalAt, make_cfg, train_py
+from tests.helpers import ROOT, make_cfg, signal_at, train_py
 
 SMOKE = ["debug=smoke", "model=resnet18", "logger=none", "callbacks=none"]  # 4 steps an epoch, 2 epochs
 HYDRA_FILES = {".hydra", "train.log"}
@@ -156,15 +156,6 @@ def test_continue_command_is_the_same_command_plus_resume_or_skip_done(monkeypat
     )
     named = ["train.py", "resume=/runs/a"]  # already names the run it continues
     assert continue_command(named, multirun=False) == "/no/such/python train.py resume=/runs/a"
-
-
-def signal_at(epoch: int, batch: int, signum: int, marker: Path | None = None) -> list[str]:
-    return [
-        f"+callbacks.signal._target_={SignalAt.__module__}.SignalAt",
-        f"+callbacks.signal.epoch={epoch}",
-        f"+callbacks.signal.batch={batch}",
-        f"+callbacks.signal.signum={int(signum)}",
-    ] + ([f"+callbacks.signal.marker={marker}"] if marker else [])
 
 
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

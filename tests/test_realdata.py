@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -89,11 +90,11 @@ def test_full_size_study_two_preset_runs_as_the_readme_shows(tmp_path):
     assert (sweep / "report.html").is_file()
 
 
-def _comparison_commands() -> list[list[str]]:
-    """The commands of README's "A fair comparison" block, as argument lists after ``python train.py``."""
+def _readme_commands(section: str) -> list[list[str]]:
+    """The commands of a README section's first bash block, as argument lists after ``python train.py``."""
     readme = (ROOT / "README.md").read_text()
-    block = readme.split("## A fair comparison", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    return [line.split()[2:] for line in block.splitlines() if line.startswith("python train.py")]
+    block = readme.split(f"## {section}\n", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [shlex.split(line)[2:] for line in block.splitlines() if line.startswith("python train.py")]
 
 
 # Each command cut down to seconds: ViT-Ti/16 at 32 px, one epoch, two strategies, two seeds; the rest as shown.
@@ -102,7 +103,7 @@ CUT_DOWN += ["trainer.enable_progress_bar=false", "seed=0,1"]
 
 
 @pytest.mark.skipif(real_weights() is None, reason="GNR650_WEIGHTS_DIR has no vit_tiny_patch16_224.safetensors")
-@pytest.mark.parametrize("args", _comparison_commands(), ids=lambda args: " ".join(args))
+@pytest.mark.parametrize("args", _readme_commands("A fair comparison"), ids=lambda args: " ".join(args))
 def test_fair_comparison_commands_run_as_the_readme_shows(args, tmp_path):
     sweep = tmp_path / "sweep"
     extra = list(CUT_DOWN) + (["dataset.fraction=0.02"] if "dataset.protocol=vtab1k" not in args else [])
@@ -131,3 +132,43 @@ def test_fair_comparison_commands_run_as_the_readme_shows(args, tmp_path):
     if "dataset.protocol=vtab1k" in args:
         refit = "dataset.refit=true" in args
         assert all(job["data"]["sizes"] == {"train": 1000 if refit else 800, "val": 200, "test": 5400} for job in jobs)
+
+
+# Cut down to seconds: 2% of EuroSAT at 32 px, two epochs (LP-FT needs one past its probe), three shifts (a corruption,
+# a remote-sensing shift, a symmetry) on 60 test images.
+HOLDS_UP_CUT = [
+    "dataset.fraction=0.02",
+    "model.img_size=32",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+]
+HOLDS_UP_CUT += [
+    "robustness.images=60",
+    "robustness.shifts=[gaussian_noise,cloud,rot90]",
+    "robustness.wise_alphas=[0,0.5,1]",
+]
+
+
+@pytest.mark.skipif(real_weights() is None, reason="GNR650_WEIGHTS_DIR has no vit_tiny_patch16_224.safetensors")
+@pytest.mark.parametrize("args", _readme_commands("Does it hold up?"), ids=lambda args: " ".join(args))
+def test_holds_up_commands_run_as_the_readme_shows(args, tmp_path):
+    extra = list(HOLDS_UP_CUT) + (["model=vit_ti16", "seed=0", "finetune=last,full,lpft"] if "-m" in args else [])
+    replaced = {e.split("=")[0] for e in extra}
+    kept = [a for a in args if a.split("=")[0] not in replaced]
+    out = tmp_path / "out"
+    where = f"hydra.sweep.dir={out}" if "-m" in args else f"hydra.run.dir={out}"
+    cmd = [sys.executable, str(ROOT / "train.py"), *kept, *extra, where]
+    env = dict(os.environ, GNR650_WEIGHTS_DIR=str(real_weights().parent), GNR650_CACHE_DIR=str(tmp_path / "cache"))
+    subprocess.run(cmd, check=True, cwd=tmp_path, env=env, timeout=1800)
+    runs = sorted(p.parent for p in out.glob("**/results.json"))
+    assert len(runs) == (3 if "-m" in args else 1)
+    for run in runs:
+        report = json.loads((run / "artifacts" / "robustness.json").read_text())
+        assert report["images"] == 60 and len(report["shifts"]) == 5 + 5 + 1
+        assert [p["alpha"] for p in report["wise"]] == [0.0, 0.5, 1.0]
+        assert "Does it hold up?" in (run / "report.html").read_text()
+    if "-m" in args:
+        summary = json.loads((out / "summary.json").read_text())
+        mce = {job["finetune"]: job["robustness/mce"] for job in summary["jobs"]}
+        assert mce["last"] == 100.0 and mce["full"] > 0 and mce["lpft"] > 0
+        assert "Does it hold up?" in (out / "summary.md").read_text()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from gnr650.robustness.callback import RobustnessSettingError
 from gnr650.robustness.shifts import Shift, ShiftSettingError
 from gnr650.runs.last_checkpoint import RunInterrupted
 from gnr650.train import train
-from tests.helpers import SignalAt, make_cfg, tiny_overrides
+from tests.helpers import make_cfg, signal_at, tiny_overrides
 from tests.summary.html_report import parse, table
 
 SUITE = ["callbacks=[default,robustness]", "robustness.shifts=[haze,rot90,gaussian_noise]"]
@@ -145,12 +144,7 @@ def test_bad_settings_are_refused_before_any_data_is_read(override, error, messa
 
 def test_a_resumed_run_interpolates_from_the_true_start(tmp_path):
     reference = train(make_cfg(RESNET_FULL, tmp_path / "reference"))
-    interrupt = [
-        f"+callbacks.signal._target_={SignalAt.__module__}.SignalAt",
-        "+callbacks.signal.epoch=1",
-        "+callbacks.signal.batch=1",
-        f"+callbacks.signal.signum={int(signal.SIGINT)}",
-    ]
+    interrupt = signal_at(epoch=1, batch=1)
     with pytest.raises(RunInterrupted):
         train(make_cfg(RESNET_FULL + interrupt, tmp_path / "run"))
     resumed = train(make_cfg(RESNET_FULL + interrupt + ["resume=true"], tmp_path / "run"))

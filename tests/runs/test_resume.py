@@ -32,11 +32,11 @@ from gnr650.train import train
 from gnr650.training.divergence import DivergenceError
 from tests.helpers import (
     RunsCodeWhenUnpickled,
-    SignalAt,
     csv_rows,
     finish,
     kill_at_first,
     make_cfg,
+    signal_at,
     train_py,
     write_image,
 )
@@ -148,12 +148,7 @@ def test_resume_is_exact_under_bf16_autocast(uninterrupted_bf16, uninterrupted, 
 
 
 def _signal_then_resume(run: list[str], signum, epoch: int, batch: int, uninterrupted: Path, tmp_path: Path) -> None:
-    args = run + [
-        f"+callbacks.signal._target_={SignalAt.__module__}.SignalAt",
-        f"+callbacks.signal.epoch={epoch}",
-        f"+callbacks.signal.batch={batch}",
-        f"+callbacks.signal.signum={int(signum)}",
-    ]
+    args = run + signal_at(epoch, batch, signum)
     handler = signal.getsignal(signum)
     with pytest.raises(RunInterrupted, match="resume=true"):
         train(make_cfg(args, tmp_path))

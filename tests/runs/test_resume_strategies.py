@@ -1,13 +1,11 @@
 """Every zoo strategy resumes after an interruption with the metrics of an uninterrupted run (adapters, prompts,
 per-layer learning rates, the head grid and LP-FT's phases included)."""
 
-import signal
-
 import pytest
 
 from gnr650.runs.last_checkpoint import RunInterrupted
 from gnr650.train import train
-from tests.helpers import SignalAt, make_cfg
+from tests.helpers import make_cfg, signal_at
 from tests.runs.test_resume import assert_same_metrics
 
 RUN = ["debug=smoke", "model=vit_ti16", "trainer.max_epochs=2", "logger=none", "callbacks=none"]  # 4 steps an epoch
@@ -30,12 +28,7 @@ def test_interrupted_strategy_resumes_exactly(strategy, tmp_path):
     overrides, epoch = STRATEGIES[strategy]
     args = RUN + overrides
     reference = train(make_cfg(args, tmp_path / "reference"))
-    interrupt = [
-        f"+callbacks.signal._target_={SignalAt.__module__}.SignalAt",
-        f"+callbacks.signal.epoch={epoch}",
-        "+callbacks.signal.batch=1",
-        f"+callbacks.signal.signum={int(signal.SIGINT)}",
-    ]
+    interrupt = signal_at(epoch, batch=1)
     with pytest.raises(RunInterrupted):
         train(make_cfg(args + interrupt, tmp_path / "run"))
     resumed = train(make_cfg(args + interrupt + ["resume=true"], tmp_path / "run"))

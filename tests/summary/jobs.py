@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from gnr650.interpret.index import ArtifactKind, append_to_index, artifacts_dir, entry
+from gnr650.robustness.shifts import SHIFTS as SUITE
 from tests.helpers import EUROSAT_CLASSES
 
 CLASSES = ["AnnualCrop", "Forest"]
@@ -213,31 +214,7 @@ def realistic_sweep(root: Path, strategies: list[str], test_images: int = 540, a
 
 
 # The shift suite as robustness.json reports it: (group, shift, levels), in the suite's order.
-CORRUPTIONS = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-SHIFTS = (
-    *(("corruption", name, 5) for name in CORRUPTIONS),
-    ("remote_sensing", "cloud", 5),
-    ("remote_sensing", "haze", 5),
-    ("remote_sensing", "resolution", 2),
-    ("remote_sensing", "colour", 5),
-    *(("symmetry", name, 1) for name in ("rot90", "rot180", "rot270", "hflip", "vflip")),
-)
+SHIFTS = tuple((shift.group, shift.name, shift.levels) for shift in SUITE.values())
 
 
 def shift_error(shift: int, level: int) -> float:

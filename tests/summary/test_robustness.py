@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gnr650.robustness.shifts import CORRUPTIONS
 from gnr650.summary import collect_jobs, robustness, write_summary
 from gnr650.summary.collect import COMPLETED, Job
 from gnr650.summary.figures import job_style
 from tests.summary.html_report import parse, table
-from tests.summary.jobs import CORRUPTIONS, SHIFTS, add_robustness, make_job, robustness_report, shift_error
+from tests.summary.jobs import SHIFTS, add_robustness, make_job, robustness_report, shift_error
 
 # (finetune, clean accuracy, error scale: its shift errors as a multiple of the baseline's, skipped shifts, WiSE curve)
 SWEEP = [
