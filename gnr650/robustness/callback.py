@@ -296,7 +296,15 @@ def reliability_figure(panels: list[tuple[str, torch.Tensor, torch.Tensor, float
         ax = fig.add_subplot(grid[0, i])
         ax.bar(centres, acc, width=width * 0.9, color="tab:blue", label="accuracy")
         ax.bar(
-            centres, conf - acc, bottom=acc, width=width * 0.9, color="tab:red", alpha=0.35, label="gap to confidence"
+            centres,
+            conf - acc,
+            bottom=acc,
+            width=width * 0.9,
+            fill=False,
+            hatch="///",
+            edgecolor="tab:red",
+            linewidth=0,
+            label="gap to the bin's mean confidence",
         )
         ax.plot([0, 1], [0, 1], color="black", linewidth=1, linestyle="--")
         ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{title}\nECE {ece:.1%}", ylabel="accuracy" if i == 0 else None)
