@@ -54,14 +54,20 @@ def test_cache_refused_where_the_embeddings_train(strategy, tmp_path):
 @pytest.mark.parametrize("strategy", ["knn", "last_grid"])
 def test_strategy_runs_with_the_presets_callbacks_and_logger(strategy, tmp_path):
     """The zoo preset's sweep with its callbacks: the learning-rate monitor needs a distinct name per grid head,
-    and Grad-CAM backpropagates through the k-NN head (its bank is filled while testing, in inference mode)."""
+    Grad-CAM backpropagates through the k-NN head (its bank is filled while testing, in inference mode), and the
+    shift suite's WiSE curve takes a head whose buffers exist only at the end."""
     analysis = [
-        "callbacks=[default,analysis]",
+        "callbacks=[default,analysis,robustness]",
         "logger=csv",
         "analysis.probe_images=8",
         "analysis.faithfulness_images=2",
+        "robustness.shifts=[haze]",
     ]
     results = train(make_cfg(SMOKE[:-2] + [f"finetune={strategy}", *analysis], tmp_path))
     assert results["status"] == "completed"
     analysis_json = json.loads((tmp_path / "artifacts" / "analysis.json").read_text())
     assert set(analysis_json["faithfulness"]) >= {"gradcam", "random"}
+    # The backbone did not move (a k-NN head fills its bank only when tested): a flat WiSE curve at the job's accuracy.
+    robustness = json.loads((tmp_path / "artifacts" / "robustness.json").read_text())
+    assert len(robustness["wise"]) == 5
+    assert {p["clean_acc"] for p in robustness["wise"]} == {results["metrics"]["test/acc"]}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from gnr650.interpret.index import PHASE_START, read_index
 from gnr650.interpret.start_state import START_STATE_DIR
 from gnr650.runs.last_checkpoint import RunInterrupted
 from gnr650.train import train
-from tests.helpers import finish, kill_at_first, make_cfg, real_data_dir, real_weights, train_py
+from tests.helpers import finish, kill_at_first, make_cfg, real_data_dir, real_weights, signal_at, train_py
 
 TINY = [
     "debug=smoke",
@@ -33,12 +32,7 @@ VIT_TOP4 = TINY + [
     "callbacks.attention.at_start=true",
 ]
 # SIGINT inside the second epoch (4 steps an epoch): the resumed process starts from a mid-epoch last.ckpt.
-SIGINT_IN_EPOCH_1 = [
-    "+callbacks.signal._target_=tests.runs.test_resume.SignalAt",
-    "+callbacks.signal.epoch=1",
-    "+callbacks.signal.batch=1",
-    f"+callbacks.signal.signum={int(signal.SIGINT)}",
-]
+SIGINT_IN_EPOCH_1 = signal_at(epoch=1, batch=1)
 # Rewritten by every phase: on resume each is read back and written again unchanged.
 NORMS_CSV = {"resnet": ("kernel_norms.csv.gz", "kernel_norm_stats.csv"), "vit": ("vit_weight_norms.csv",)}
 
