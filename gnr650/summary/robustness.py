@@ -498,24 +498,50 @@ def shift_figure(held: Robustness) -> Figure | None:
     return fig
 
 
+def wise_curves(held: Robustness) -> list[tuple[int, str, list[float], dict[str, list[float | None]]]]:
+    """(style index, label, alphas, {"clean_acc": [...], "shifted_acc": [...]}) per job with a WiSE curve, or, when
+    seeds are swept, per setting: the mean over its seeds (a band of 15 seed lines says less than 5 means)."""
+    curves = [(i, job, report["wise"]) for i, job, report in held.found if report.get("wise")]
+    groups = seed_groups([job for _, job, _ in curves])
+    if not groups:
+        return [(i, job.label, [p["alpha"] for p in wise], _wise_columns([wise])) for i, job, wise in curves]
+    by_job = {id(job): (i, wise) for i, job, wise in curves}
+    drawn = []
+    for label, members in groups.items():
+        (first, _), wises = by_job[id(members[0])], [by_job[id(job)][1] for job in members]
+        alphas = [p["alpha"] for p in wises[0]]
+        if any([p["alpha"] for p in wise] != alphas for wise in wises):
+            return [(i, job.label, [p["alpha"] for p in wise], _wise_columns([wise])) for i, job, wise in curves]
+        drawn.append((first, f"{label} (mean of {len(wises)} seeds)", alphas, _wise_columns(wises)))
+    return drawn
+
+
+def _wise_columns(wises: list[list[dict]]) -> dict[str, list[float | None]]:
+    """Each measure along the curve, the mean over ``wises`` (None where a curve has none)."""
+    columns = {}
+    for key in ("clean_acc", "shifted_acc"):
+        values = [[p[key] for p in wise] for wise in wises]
+        columns[key] = [None if None in at else statistics.fmean(at) for at in zip(*values)]
+    return columns
+
+
 def wise_figure(held: Robustness) -> Figure | None:
-    """Accuracy along each job's WiSE-FT interpolation (clean solid, shifted dashed; a colour and marker per job),
-    for the jobs that evaluated one."""
-    curves = [(i, job, report) for i, job, report in held.found if report.get("wise")]
+    """Accuracy along the WiSE-FT interpolation (clean solid, shifted dashed; a colour and marker per job, or per
+    setting with seeds swept: the mean over its seeds), for the jobs that evaluated one."""
+    curves = wise_curves(held)
     if not curves:
         return None
     fig = Figure(figsize=(10, 5.2), layout="constrained")
     ax = fig.add_subplot()
     legend, drawn = {}, {}
-    for i, job, report in curves:
-        alphas = [point["alpha"] for point in report["wise"]]
+    for i, label, alphas, columns in curves:
         style = job_style(i).line()
-        for key, linestyle, name in (("clean_acc", "-", job.label), ("shifted_acc", "--", f"{job.label} shifted")):
-            accuracy = [np.nan if point[key] is None else 100 * point[key] for point in report["wise"]]
+        for key, linestyle, name in (("clean_acc", "-", label), ("shifted_acc", "--", f"{label} shifted")):
+            accuracy = [np.nan if value is None else 100 * value for value in columns[key]]
             (line,) = ax.plot(alphas, accuracy, **{**style, "linestyle": linestyle})
-            legend.setdefault(job.label, line)  # its clean line
+            legend.setdefault(label, line)  # its clean line
             drawn[name] = np.array([alphas, accuracy])
-    shifts = curves[0][2].get("wise_shifts") or "shifted"
+    shifts = next(report.get("wise_shifts") for _, _, report in held.found if report.get("wise")) or "shifted"
     legend["clean test data"] = Line2D([], [], color="0.3", linestyle="-")
     legend[f"shifted: {shifts}"] = Line2D([], [], color="0.3", linestyle="--")
     titled(ax, "Accuracy along the WiSE-FT weight interpolation", drawn)

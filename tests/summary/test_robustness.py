@@ -291,3 +291,21 @@ def test_wise_figure_draws_the_jobs_with_a_curve_only(tmp_path: Path):
         assert (clean.get_linestyle(), shifted.get_linestyle()) == ("-", "--")
         assert list(clean.get_xdata()) == [p["alpha"] for p in report["wise"]]
         assert list(shifted.get_ydata()) == pytest.approx([100 * p["shifted_acc"] for p in report["wise"]])
+
+
+def test_wise_figure_draws_the_mean_over_seeds_per_setting(tmp_path: Path):
+    scales = {("last", 0): 0.9, ("full", 0): 0.5, ("last", 1): 1.1, ("full", 1): 0.7}
+    for num, ((finetune, seed), scale) in enumerate(scales.items()):
+        add_robustness(make_job(tmp_path, num, [f"finetune={finetune}", f"seed={seed}"]), robustness_report(0.8, scale))
+    held = robustness.analyse(collect_jobs(tmp_path))
+    fig = robustness.wise_figure(held)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == ["finetune=last (mean of 2 seeds)", "finetune=full (mean of 2 seeds)"]
+    reports = {job.label: report for _, job, report in held.found}
+    ax = fig.axes[0]
+    for first, finetune in ((0, "last"), (1, "full")):  # the style of the setting's first job
+        clean, shifted = [line for line in ax.lines if line.get_color() == job_style(first).color]
+        seeds = [reports[f"finetune={finetune}, seed={seed}"]["wise"] for seed in (0, 1)]
+        want = [100 * np.mean([w[k]["shifted_acc"] for w in seeds]) for k in range(len(seeds[0]))]
+        assert list(shifted.get_ydata()) == pytest.approx(want)
+        assert list(clean.get_xdata()) == [p["alpha"] for p in seeds[0]]
