@@ -75,6 +75,22 @@ def test_wise_ends_are_the_job_itself_and_the_start_backbone_with_the_fine_tuned
     )
     run.net.load_state_dict(mixed)
     assert wise[0.0]["clean_acc"] == _accuracy(run.net, run.preprocess, test.images, test.labels)
+    _check_run_report(tmp_path / "run", got)
+
+
+def _check_run_report(run_dir, got: dict) -> None:
+    """The run's report.html shows the suite as robustness.json has it."""
+    page = parse((run_dir / "report.html").read_text())
+    shown = {row["Shift"]: row for row in table(page, "shift-table")}
+    assert list(shown) == ["gaussian_noise", "haze", "rot90"]  # suite order
+    for name, row in shown.items():
+        accs = [r["acc"] for r in got["shifts"] if r["shift"] == name]
+        assert row["Mean"] == f"{100 * sum(accs) / len(accs):.2f}%"
+        assert [row[f"Level {lv}"] for lv in range(1, len(accs) + 1)] == [f"{100 * a:.2f}%" for a in accs]
+    wise = table(page, "wise-table")
+    assert [float(r["α (0: start backbone, 1: fine-tuned)"]) for r in wise] == [p["alpha"] for p in got["wise"]]
+    assert [r["Clean accuracy"] for r in wise] == [f"{100 * p['clean_acc']:.2f}%" for p in got["wise"]]
+    assert "artifacts/reliability.png" in page.links and len(page.images) == 1  # logger=none: no learning curves
 
 
 def test_an_identity_shift_through_the_store_is_exactly_clean(tmp_path, monkeypatch):
@@ -142,6 +158,7 @@ def test_bad_settings_are_refused_before_any_data_is_read(override, error, messa
     assert re.search(message, str(user_error(caught.value)))
 
 
+@pytest.mark.slow  # three runs, as the zoo's resume tests
 def test_a_resumed_run_interpolates_from_the_true_start(tmp_path):
     reference = train(make_cfg(RESNET_FULL, tmp_path / "reference"))
     interrupt = signal_at(epoch=1, batch=1)
@@ -170,19 +187,3 @@ def test_a_head_only_job_has_a_flat_wise_curve_without_evaluating_it_again(tmp_p
     for point in got["wise"]:
         assert point["clean_acc"] == got["clean"]["acc"]
         assert point["shifted_acc"] == pytest.approx((haze3 + noise3 + rot) / 3, abs=1e-12)
-
-
-def test_the_run_report_shows_the_suite_as_robustness_json_has_it(tmp_path):
-    train(make_cfg(RESNET_FULL, tmp_path))
-    got = _robustness(tmp_path)
-    page = parse((tmp_path / "report.html").read_text())
-    shown = {row["Shift"]: row for row in table(page, "shift-table")}
-    assert list(shown) == ["gaussian_noise", "haze", "rot90"]  # suite order
-    for name, row in shown.items():
-        accs = [r["acc"] for r in got["shifts"] if r["shift"] == name]
-        assert row["Mean"] == f"{100 * sum(accs) / len(accs):.2f}%"
-        assert [row[f"Level {lv}"] for lv in range(1, len(accs) + 1)] == [f"{100 * a:.2f}%" for a in accs]
-    wise = table(page, "wise-table")
-    assert [float(r["α (0: start backbone, 1: fine-tuned)"]) for r in wise] == [p["alpha"] for p in got["wise"]]
-    assert [r["Clean accuracy"] for r in wise] == [f"{100 * p['clean_acc']:.2f}%" for p in got["wise"]]
-    assert "artifacts/reliability.png" in page.links and len(page.images) == 1  # logger=none: no learning curves
