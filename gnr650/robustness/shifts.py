@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -91,20 +92,18 @@ def image_seed(seed: int, shift: str, level: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, *shift.encode(), level, index]).generate_state(1)[0])
 
 
-def _corruption(name: str) -> Callable[[np.ndarray, int, int], np.ndarray]:
-    def apply(image: np.ndarray, level: int, seed: int) -> np.ndarray:
-        from imagecorruptions import corrupt  # imported on first use: numba compiles at import
+def corruption(name: str, image: np.ndarray, level: int, seed: int) -> np.ndarray:
+    """ImageNet-C's corruption ``name`` at severity ``level`` from imagecorruptions, its randomness from ``seed``."""
+    from imagecorruptions import corrupt  # imported on first use: numba compiles at import
 
-        state = np.random.get_state()  # imagecorruptions draws from the global generator: seed it, then restore it
-        np.random.seed(seed)
-        try:
-            extra = {"seed": seed} if name in SEEDED_BY_ARGUMENT else {}
-            out = corrupt(image, severity=level, corruption_name=name, **extra)
-        finally:
-            np.random.set_state(state)
-        return np.asarray(out, dtype=np.uint8)
-
-    return apply
+    state = np.random.get_state()  # imagecorruptions draws from the global generator: seed it, then restore it
+    np.random.seed(seed)
+    try:
+        extra = {"seed": seed} if name in SEEDED_BY_ARGUMENT else {}
+        out = corrupt(image, severity=level, corruption_name=name, **extra)
+    finally:
+        np.random.set_state(state)
+    return np.asarray(out, dtype=np.uint8)
 
 
 def _as_uint8(x: np.ndarray) -> np.ndarray:
@@ -115,9 +114,10 @@ CLOUD_COVER = (0.1, 0.2, 0.35, 0.5, 0.7)
 
 
 def cloud(image: np.ndarray, level: int, seed: int) -> np.ndarray:
-    """Cloud cover: a plasma fractal (imagecorruptions' diamond-square, as its fog uses) thresholded so that the
-    fraction ``CLOUD_COVER[level - 1]`` of the scene lies under cloud, with soft edges (a linear ramp over the next
-    10% of fractal values), blended towards a bright cloud grey (235)."""
+    """Cloud cover: a plasma fractal (imagecorruptions' diamond-square, as its fog uses; map side the power of two
+    above the image side, wibble decay 2, cropped to the image) thresholded at its ``1 - CLOUD_COVER[level - 1]``
+    quantile t, so that fraction of the scene lies under cloud: opacity ``clip((field - t) / (0.1 range) + 0.5, 0,
+    1)``, a soft edge 10% of the fractal's range wide; each pixel blended towards a bright cloud grey, 235, by it."""
     from imagecorruptions.corruptions import plasma_fractal
 
     h, w = image.shape[:2]
@@ -173,21 +173,27 @@ def colour(image: np.ndarray, level: int, seed: int) -> np.ndarray:
     return _as_uint8(image * gain + offset)
 
 
-def _symmetry(transform: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray, int, int], np.ndarray]:
-    return lambda image, level, seed: np.ascontiguousarray(transform(image))
+def rotate(quarter_turns: int, image: np.ndarray, level: int, seed: int) -> np.ndarray:
+    """The scene rotated by ``quarter_turns`` x 90 degrees (counter-clockwise)."""
+    return np.ascontiguousarray(np.rot90(image, quarter_turns))
+
+
+def flip(axis: int, image: np.ndarray, level: int, seed: int) -> np.ndarray:
+    """The scene mirrored: ``axis`` 1 left-right, 0 top-bottom."""
+    return np.ascontiguousarray(np.flip(image, axis))
 
 
 SHIFTS: dict[str, Shift] = {
-    **{name: Shift(name, CORRUPTION, 5, _corruption(name)) for name in CORRUPTIONS},
+    **{name: Shift(name, CORRUPTION, 5, partial(corruption, name)) for name in CORRUPTIONS},
     "cloud": Shift("cloud", REMOTE_SENSING, len(CLOUD_COVER), cloud),
     "haze": Shift("haze", REMOTE_SENSING, len(HAZE_TRANSMISSION), haze),
     "resolution": Shift("resolution", REMOTE_SENSING, len(RESOLUTION_FACTORS), resolution),
     "colour": Shift("colour", REMOTE_SENSING, len(COLOUR_GAIN), colour),
-    "rot90": Shift("rot90", SYMMETRY, 1, _symmetry(lambda x: np.rot90(x, 1))),
-    "rot180": Shift("rot180", SYMMETRY, 1, _symmetry(lambda x: np.rot90(x, 2))),
-    "rot270": Shift("rot270", SYMMETRY, 1, _symmetry(lambda x: np.rot90(x, 3))),
-    "hflip": Shift("hflip", SYMMETRY, 1, _symmetry(lambda x: x[:, ::-1])),
-    "vflip": Shift("vflip", SYMMETRY, 1, _symmetry(lambda x: x[::-1])),
+    "rot90": Shift("rot90", SYMMETRY, 1, partial(rotate, 1)),
+    "rot180": Shift("rot180", SYMMETRY, 1, partial(rotate, 2)),
+    "rot270": Shift("rot270", SYMMETRY, 1, partial(rotate, 3)),
+    "hflip": Shift("hflip", SYMMETRY, 1, partial(flip, 1)),
+    "vflip": Shift("vflip", SYMMETRY, 1, partial(flip, 0)),
 }
 
 

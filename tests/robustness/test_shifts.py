@@ -10,9 +10,12 @@ import torch
 from gnr650.robustness.shift_cache import ShiftCache
 from gnr650.robustness.shifts import (
     CLOUD_COVER,
+    COLOUR_GAIN,
+    COLOUR_OFFSET,
     CORRUPTIONS,
     GROUPS,
     HAZE_TRANSMISSION,
+    SEEDED_BY_ARGUMENT,
     SHIFTS,
     ShiftNotApplicable,
     ShiftSettingError,
@@ -73,12 +76,17 @@ def test_haze_is_the_scattering_model_by_hand():
         assert np.array_equal(shift_images(SHIFTS["haze"], level, images, [0], 0), want)
 
 
-def test_resolution_keeps_a_flat_image_and_averages_each_block():
-    flat = np.full((1, 3, 32, 32), 77, np.uint8)
-    assert np.array_equal(shift_images(SHIFTS["resolution"], 2, flat, [0], 0), flat)
-    stripes = np.zeros((1, 3, 32, 32), np.uint8)
-    stripes[..., ::2] = 200  # alternate columns: a 2x coarser sensor sees their mean
-    assert np.all(shift_images(SHIFTS["resolution"], 1, stripes, [0], 0) == 100)
+def test_resolution_is_the_block_mean_resampled_back_up():
+    """Down: the mean of each f x f block (computed here with numpy); up: bilinear (cv2's, as the definition says)."""
+    import cv2
+
+    images = _images(1, size=32)
+    hwc = images[0].transpose(1, 2, 0).astype(float)
+    for level, f in ((1, 2), (2, 4)):
+        blocks = np.rint(hwc.reshape(32 // f, f, 32 // f, f, 3).mean((1, 3))).astype(np.uint8)
+        want = cv2.resize(blocks, (32, 32), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+        got = shift_images(SHIFTS["resolution"], level, images, [0], 0)[0]
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, level  # cv2 rounds block means its own way
 
 
 def test_cloud_covers_the_stated_fraction_of_the_scene():
@@ -89,15 +97,19 @@ def test_cloud_covers_the_stated_fraction_of_the_scene():
         assert under == pytest.approx(cover, abs=0.03), level
 
 
-def test_colour_shift_is_a_gain_and_offset_per_channel():
-    images = _images(1, size=32)
-    out = shift_images(SHIFTS["colour"], 5, images, [0], 0).astype(float)
-    for c in range(3):  # recover gain and offset by least squares where nothing clipped
-        x, y = images[0, c].ravel().astype(float), out[0, c].ravel()
-        keep = (y > 0) & (y < 255)
-        gain, offset = np.polyfit(x[keep], y[keep], 1)
-        assert abs(gain - 1) <= 0.3 + 0.01 and abs(offset) <= 30 + 1
-        assert np.abs(np.polyval([gain, offset], x[keep]) - y[keep]).max() <= 0.5 + 1e-6  # rounding only
+def test_colour_shift_is_its_docstrings_gain_and_offset_per_channel():
+    """Gains and offsets drawn as the docstring says, from the image's seed; values clipped, never wrapped."""
+    images, clipped = _images(2, size=32), False
+    for level in range(1, 6):
+        got = shift_images(SHIFTS["colour"], level, images, [3, 4], seed=0)
+        for i, index in enumerate((3, 4)):
+            rng = np.random.default_rng(image_seed(0, "colour", level, index))
+            gain = 1 + rng.uniform(-COLOUR_GAIN[level - 1], COLOUR_GAIN[level - 1], size=3)
+            offset = rng.uniform(-COLOUR_OFFSET[level - 1], COLOUR_OFFSET[level - 1], size=3)
+            exact = images[i].astype(float) * gain[:, None, None] + offset[:, None, None]
+            assert np.array_equal(got[i], np.clip(np.rint(exact), 0, 255).astype(np.uint8)), level
+            clipped |= bool(((exact > 255) | (exact < 0)).any())
+    assert clipped  # the comparison covered the clipping
 
 
 def test_groups_and_names_select_shifts_in_suite_order():
@@ -127,6 +139,35 @@ def test_corruptions_refuse_images_smaller_than_they_need_and_other_shifts_take_
         SHIFTS["fog"].check_size(28, 28)
     for name in ("cloud", "haze", "resolution", "colour", "rot90"):
         SHIFTS[name].check_size(28, 28)
+    SHIFTS["fog"].check_size(32, 32)  # imagecorruptions' own minimum
+
+
+def test_a_level_beyond_the_shifts_is_refused():
+    with pytest.raises(ValueError, match="haze has levels 0 to 5 .got 6."):
+        SHIFTS["haze"](_images(1)[0].transpose(1, 2, 0), 6, 0)
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_corruptions_are_imagecorruptions_own_under_the_images_seed(name):
+    from imagecorruptions import corrupt
+
+    hwc = np.ascontiguousarray(_images(1)[0].transpose(1, 2, 0))
+    np.random.seed(77)
+    want = corrupt(hwc, severity=3, corruption_name=name, **({"seed": 77} if name in SEEDED_BY_ARGUMENT else {}))
+    assert np.array_equal(SHIFTS[name](hwc, 3, 77), np.asarray(want, dtype=np.uint8))
+
+
+def test_cloud_is_its_docstrings_definition():
+    from imagecorruptions.corruptions import plasma_fractal
+
+    hwc = _images(1, size=40)[0].transpose(1, 2, 0).astype(float)
+    for level, cover in enumerate(CLOUD_COVER, start=1):
+        np.random.seed(5)
+        field = plasma_fractal(mapsize=64, wibbledecay=2)[:40, :40]  # 64: the power of two above 40
+        t = np.quantile(field, 1 - cover)
+        opacity = np.clip((field - t) / (0.1 * (field.max() - field.min())) + 0.5, 0, 1)[..., None]
+        want = np.clip(np.rint(hwc * (1 - opacity) + 235 * opacity), 0, 255).astype(np.uint8)
+        assert np.array_equal(SHIFTS["cloud"](hwc.astype(np.uint8), level, 5), want), level
 
 
 def test_the_cache_stores_bit_identical_shifts_and_reuses_them(tmp_path):
