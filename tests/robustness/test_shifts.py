@@ -3,6 +3,8 @@ own definition computed independently, and the clear refusals."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -126,11 +128,23 @@ def test_groups_and_names_select_shifts_in_suite_order():
     assert {s.group for s in select_shifts(["all"])} == set(GROUPS)
 
 
-@pytest.mark.parametrize("names", [["fgo"], []])
-def test_an_unknown_or_empty_selection_is_refused_with_the_options(names):
-    with pytest.raises(
-        ShiftSettingError, match="robustness.shifts.*(Groups: all, corruption, remote_sensing|name shifts)"
-    ):
+def test_one_name_given_as_a_string_selects_that_shift():
+    assert [s.name for s in select_shifts("haze")] == ["haze"]
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (
+            ["fgo"],
+            "'fgo' is no shift or group. Groups: all, corruption, remote_sensing, symmetry; shifts: gaussian_noise, "
+            "shot_noise, impulse_noise",
+        ),
+        ([], "robustness.shifts is empty; name shifts or groups (all, corruption, remote_sensing, symmetry)."),
+    ],
+)
+def test_an_unknown_or_empty_selection_is_refused_with_the_options(names, message):
+    with pytest.raises(ShiftSettingError, match=re.escape(message)):
         select_shifts(names)
 
 
@@ -154,7 +168,8 @@ def test_corruptions_are_imagecorruptions_own_under_the_images_seed(name):
     hwc = np.ascontiguousarray(_images(1)[0].transpose(1, 2, 0))
     np.random.seed(77)
     want = corrupt(hwc, severity=3, corruption_name=name, **({"seed": 77} if name in SEEDED_BY_ARGUMENT else {}))
-    assert np.array_equal(SHIFTS[name](hwc, 3, 77), np.asarray(want, dtype=np.uint8))
+    got = SHIFTS[name](hwc, 3, 77)
+    assert got.dtype == np.uint8 and np.array_equal(got, np.asarray(want, dtype=np.uint8))
 
 
 def test_cloud_is_its_docstrings_definition():
@@ -167,7 +182,8 @@ def test_cloud_is_its_docstrings_definition():
         t = np.quantile(field, 1 - cover)
         opacity = np.clip((field - t) / (0.1 * (field.max() - field.min())) + 0.5, 0, 1)[..., None]
         want = np.clip(np.rint(hwc * (1 - opacity) + 235 * opacity), 0, 255).astype(np.uint8)
-        assert np.array_equal(SHIFTS["cloud"](hwc.astype(np.uint8), level, 5), want), level
+        got = SHIFTS["cloud"](hwc.astype(np.uint8), level, 5)
+        assert got.dtype == np.uint8 and np.array_equal(got, want), level
 
 
 def test_the_cache_stores_bit_identical_shifts_and_reuses_them(tmp_path):
