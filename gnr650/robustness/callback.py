@@ -123,6 +123,7 @@ class Robustness(ArtifactExport):
         val_idx = self._subset(val.labels)
         temperature = fit_temperature(self._logits(trainer, pl_module, val.images[val_idx]), val.labels[val_idx])
         clean_logits = self._logits(trainer, pl_module, images)
+        clean = calibration(clean_logits, labels)
 
         cache = ShiftCache(images.numpy(), idx.numpy(), self.seed, self.cache_dir)
         rows, skipped, shifted_logits = [], [], []
@@ -147,13 +148,13 @@ class Robustness(ArtifactExport):
 
         middle = [r["acc"] for s in runnable for r in rows if r["shift"] == s.name and r["level"] == s.middle_level]
         end_point = {
-            "clean_acc": float((clean_logits.argmax(1) == labels).double().mean()),
+            "clean_acc": clean["acc"],
             "shifted_acc": float(np.mean(middle)) if middle else None,
         }
         t3 = time.perf_counter()
         wise = self._wise(trainer, pl_module, cache, images, labels, runnable, end_point)
         wise_s = time.perf_counter() - t3
-        result = self._numbers(clean_logits, labels, temperature, rows, shifted_logits, skipped, wise)
+        result = self._numbers(clean, clean_logits, labels, temperature, rows, shifted_logits, skipped, wise)
         result.update(
             split=self.split,
             images=len(idx),
@@ -172,9 +173,8 @@ class Robustness(ArtifactExport):
         self._log(result)
         return [entry(kind, path, phase=PHASE_END, epoch=epoch) for kind, path in entries]
 
-    def _numbers(self, clean_logits, labels, temperature, rows, shifted_logits, skipped, wise) -> dict:
+    def _numbers(self, clean, clean_logits, labels, temperature, rows, shifted_logits, skipped, wise) -> dict:
         corrupted = [r["acc"] for r in rows if r["group"] == CORRUPTION]
-        clean = calibration(clean_logits, labels)
         mean_corruption = float(np.mean(corrupted)) if corrupted else None
         pooled_labels = labels.repeat(len(shifted_logits))
         pooled = torch.cat(shifted_logits) if shifted_logits else None
