@@ -206,7 +206,7 @@ def free_bytes(directory: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _writable_with_room(dirs: Sequence[Path], nbytes: int) -> tuple[Path | None, int | None, Path | None]:
+def writable_with_room(dirs: Sequence[Path], nbytes: int) -> tuple[Path | None, int | None, Path | None]:
     """The first folder of ``dirs`` that takes files and has ``nbytes`` free; else None, with the largest free
     room seen and where (None, None, None when no folder is writable)."""
     best: tuple[int, Path] | None = None
@@ -286,7 +286,7 @@ def decoded_split(
     size = target_size([sizes[i] for i in keep], storage.decode_size)
     shape = (len(keep), 3, *size)
     nbytes = math.prod(shape)
-    target, free, free_dir = _writable_with_room(dirs, HEADER_BYTES + nbytes)
+    target, free, free_dir = writable_with_room(dirs, HEADER_BYTES + nbytes)
     where = storage.choose(tag, nbytes, _describe(shape), free, str(free_dir) if free_dir else None)
     warn_mixed_sizes([files[i] for i in keep], [sizes[i] for i in keep], size)
     if unreadable and not skip_unreadable:  # to name every bad file, the others are decoded too (nothing stored)

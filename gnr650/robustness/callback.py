@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from gnr650.data.validation import is_count
 from gnr650.errors import UserError
 from gnr650.files import write_json
-from gnr650.finetune.strategies import evaluating
+from gnr650.finetune.strategies import evaluating, is_under
 from gnr650.interpret import analysis as an
 from gnr650.interpret.callbacks import ArtifactExport, _datamodule, _model_name
 from gnr650.interpret.figures import save_figure
@@ -204,7 +204,7 @@ class Robustness(ArtifactExport):
         net = pl_module.net
         end = {k: v.detach().clone() for k, v in net.state_dict().items()}
         start, head = self._start_weights, an.classifier(net)[0]
-        body = [k for k, v in end.items() if not _under(k, head)]  # a k-NN head fills its bank only when tested
+        body = [k for k, v in end.items() if not is_under(k, [head])]  # a k-NN head fills its bank only when tested
         if start is None or any(k not in start or start[k].shape != end[k].shape for k in body):
             log.warning("Robustness: no start weights of this network's structure, so no WiSE curve.")
             return []
@@ -266,17 +266,13 @@ class Robustness(ArtifactExport):
         log.info("Robustness: %s; %.0f s.", ", ".join(parts), result["seconds"])
 
 
-def _under(key: str, module: str) -> bool:
-    return key == module or key.startswith(module + ".")
-
-
 def _interpolate(start: dict, end: dict, alpha: float, head: str) -> dict:
     """WiSE-FT's mix: floating-point entries outside ``head`` at ``(1 - alpha) start + alpha end``; the head, integer
     buffers (BatchNorm's batch count), and alpha 1 exactly the end's (alpha 0 exactly the start's)."""
     mixed = {}
     for k, e in end.items():
         s = start[k].to(e.device)
-        if _under(k, head) or not e.is_floating_point():
+        if is_under(k, [head]) or not e.is_floating_point():
             mixed[k] = e
         elif alpha in (0.0, 1.0):
             mixed[k] = s if alpha == 0 else e

@@ -13,13 +13,11 @@ import hashlib
 import logging
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from gnr650.data.decoded_store import building, cache_dirs, find_store, open_store, write_store
-from gnr650.files import ensure_writable
+from gnr650.data.decoded_store import building, cache_dirs, find_store, open_store, writable_with_room, write_store
 from gnr650.robustness.shifts import Shift, shift_images
 
 log = logging.getLogger(__name__)
@@ -50,17 +48,9 @@ class ShiftCache:
         self.images, self.indices, self.seed = images, indices, seed
         self.digest = images_digest(images, indices)
         self.dirs = cache_dirs(cache_dir)
-        self.writable = self._writable_dir()
-
-    def _writable_dir(self) -> Path | None:
-        for d in self.dirs:
-            try:
-                ensure_writable(d)
-                return d
-            except OSError:
-                continue
-        log.warning("No writable cache folder among %s: shifted images are rebuilt in every job.", self.dirs)
-        return None
+        self.writable = writable_with_room(self.dirs, 0)[0]
+        if self.writable is None:
+            log.warning("No writable cache folder among %s: shifted images are rebuilt in every job.", self.dirs)
 
     def key(self, shift: Shift, level: int) -> str:
         parts = [self.digest, shift.name, level, self.seed, SUITE_VERSION, _corruptions_release()]
